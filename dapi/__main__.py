@@ -1,0 +1,3 @@
+from dapi.cli import main
+
+raise SystemExit(main())

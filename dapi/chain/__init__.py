@@ -1,0 +1,1 @@
+"""Everything that talks to a chain node: epoch math, queries, RPC, keys, transactions, outbox."""

@@ -1,0 +1,84 @@
+"""Command line: ``dapi run | devnet | version`` (DESIGN.md §4.1)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from dapi import __version__
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dapi", description="gonka API node")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,devnet,version}")
+
+    run = sub.add_parser("run", help="run the daemon against a chain node and ML nodes")
+    run.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
+
+    devnet = sub.add_parser("devnet", help="simulated chain, peers and ML nodes, plus the real daemon, on loopback")
+    devnet.add_argument("--participants", type=_positive_int, default=3, metavar="N",
+                        help="participants in all, the own one included (default 3)")
+    devnet.add_argument("--nodes-per-participant", type=_positive_int, default=4, metavar="M",
+                        help="ML nodes of each participant (default 4)")
+    devnet.add_argument("--block-time", type=_positive_float, default=0.5, metavar="SECONDS",
+                        help="seconds between blocks (default 0.5)")
+    devnet.add_argument("--epochs", type=_positive_int, default=None, metavar="K",
+                        help="stop after K full epochs and print a summary")
+    devnet.add_argument("--base-port", type=_port, default=None, metavar="P",
+                        help="lay every port out from P instead of the default ports")
+    devnet.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    devnet.add_argument("--no-daemon", action="store_true",
+                        help="run everything but the daemon (start it yourself with dapi run)")
+    devnet.add_argument("--write-config", metavar="PATH", default=None,
+                        help="write a daemon config for this devnet to PATH (with --no-daemon)")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "version":
+        print(f"dapi {__version__}")
+        return 0
+    if args.command == "run":
+        print("dapi run: not implemented yet", file=sys.stderr)
+        return 2
+    if args.command == "devnet":
+        if args.write_config and not args.no_daemon:
+            print("dapi devnet: --write-config needs --no-daemon", file=sys.stderr)
+            return 2
+        print("dapi devnet: not implemented yet", file=sys.stderr)
+        return 2
+    return 2

@@ -1,0 +1,1 @@
+"""The devnet: a simulated chain, simulated peers and simulated ML nodes on loopback."""
