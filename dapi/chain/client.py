@@ -1,0 +1,41 @@
+"""One chain connection: RPC (blocks, status, websocket URL), typed queries and a broadcaster.
+
+gRPC is used for queries and broadcasts if and only if ``chain_node.grpc_url`` is set (DESIGN.md §4.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from dapi.chain.broadcast import Broadcaster, GrpcBroadcaster, RpcBroadcaster
+from dapi.chain.query import AbciTransport, ChainQuery, GrpcTransport, QueryTransport
+from dapi.chain.rpc import CometRPC
+from dapi.config import ChainNodeConfig
+
+
+@dataclass
+class ChainClient:
+    rpc: CometRPC
+    query: ChainQuery
+    broadcaster: Broadcaster
+
+    async def aclose(self) -> None:
+        await self.query.aclose()
+        await self.broadcaster.aclose()
+        await self.rpc.aclose()
+
+
+def connect(chain_node: ChainNodeConfig, *, http: httpx.AsyncClient | None = None) -> ChainClient:
+    rpc = CometRPC(chain_node.url, http=http)
+    transport: QueryTransport
+    broadcaster: Broadcaster
+    if chain_node.grpc_url:
+        transport = GrpcTransport(chain_node.grpc_url)
+        broadcaster = GrpcBroadcaster(chain_node.grpc_url)
+    else:
+        # Separate RPC objects so closing one side never closes the pool the other still uses.
+        transport = AbciTransport(CometRPC(chain_node.url, http=http))
+        broadcaster = RpcBroadcaster(CometRPC(chain_node.url, http=http))
+    return ChainClient(rpc=rpc, query=ChainQuery(transport), broadcaster=broadcaster)

@@ -1,0 +1,153 @@
+"""Typed chain queries over one of two transports with the same bytes on the wire.
+
+``GrpcTransport`` calls ``/inference.inference.Query/<Method>`` on the node's gRPC port;
+``AbciTransport`` sends the same request as an ABCI query through CometBFT RPC (the reference's only
+way). The client above never knows which it has; tests pick one, production picks by whether
+``chain_node.grpc_url`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from dapi.chain.errors import ChainBadResponse, ChainError, ChainNotFound, ChainRejected, ChainUnavailable
+from dapi.chain.rpc import CometRPC
+from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
+from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_query_pb2
+from dapi.gen.inference.inference import (
+    epoch_group_data_pb2,
+    hardware_node_pb2,
+    model_pb2,
+    params_pb2,
+    pocbatch_pb2,
+)
+from dapi.gen.inference.inference import query_pb2 as q
+
+M = TypeVar("M", bound=Message)
+
+INFERENCE_QUERY = "/inference.inference.Query/"
+AUTH_ACCOUNT = "/cosmos.auth.v1beta1.Query/Account"
+
+_RETRIABLE_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+class QueryTransport(Protocol):
+    async def unary(self, path: str, request: Message, response_type: type[M]) -> M: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _decode(path: str, data: bytes, response_type: type[M]) -> M:
+    try:
+        return response_type.FromString(data)
+    except DecodeError as exc:
+        raise ChainBadResponse(f"{path}: cannot decode {response_type.DESCRIPTOR.full_name}") from exc
+
+
+class GrpcTransport:
+    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+        )
+
+    async def unary(self, path: str, request: Message, response_type: type[M]) -> M:
+        # Raw bytes through the channel so decoding errors surface as ours, not as grpc internals.
+        call = self._channel.unary_unary(path)
+        try:
+            data = await call(request.SerializeToString(), timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise grpc_error(path, exc) from exc
+        return _decode(path, data, response_type)
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+def grpc_error(path: str, exc: grpc.aio.AioRpcError) -> ChainError:
+    code = exc.code()
+    text = f"{path}: {code.name}: {exc.details()}"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ChainNotFound(text)
+    if code in _RETRIABLE_GRPC:
+        return ChainUnavailable(text)
+    return ChainRejected(text, code=code.value[0], log=exc.details() or "")
+
+
+class AbciTransport:
+    def __init__(self, rpc: CometRPC) -> None:
+        self.rpc = rpc
+
+    async def unary(self, path: str, request: Message, response_type: type[M]) -> M:
+        result = await self.rpc.abci_query(path, request.SerializeToString())
+        if result.code != 0:
+            # The chain maps a gRPC NotFound into the ABCI log text; that text is all there is to go on.
+            if "not found" in result.log.lower():
+                raise ChainNotFound(f"{path}: {result.log}")
+            raise ChainRejected(f"{path}: code {result.code}: {result.log}", code=result.code, log=result.log)
+        return _decode(path, result.value, response_type)
+
+    async def aclose(self) -> None:
+        await self.rpc.aclose()
+
+
+class ChainQuery:
+    """The queries the daemon makes (DESIGN.md §4.4). ``calls`` counts every query sent."""
+
+    def __init__(self, transport: QueryTransport) -> None:
+        self.transport = transport
+        self.calls = 0
+
+    async def _ask(self, method: str, request: Message, response_type: type[M]) -> M:
+        self.calls += 1
+        return await self.transport.unary(INFERENCE_QUERY + method, request, response_type)
+
+    async def epoch_info(self) -> q.QueryEpochInfoResponse:
+        return await self._ask("EpochInfo", q.QueryEpochInfoRequest(), q.QueryEpochInfoResponse)
+
+    async def params(self) -> params_pb2.Params:
+        return (await self._ask("Params", q.QueryParamsRequest(), q.QueryParamsResponse)).params
+
+    async def current_epoch_group_data(self) -> epoch_group_data_pb2.EpochGroupData:
+        response = await self._ask(
+            "CurrentEpochGroupData", q.QueryCurrentEpochGroupDataRequest(), q.QueryCurrentEpochGroupDataResponse
+        )
+        return response.epoch_group_data
+
+    async def epoch_group_data(self, epoch_index: int, model_id: str = "") -> epoch_group_data_pb2.EpochGroupData:
+        request = q.QueryGetEpochGroupDataRequest(epoch_index=epoch_index, model_id=model_id)
+        return (await self._ask("EpochGroupData", request, q.QueryGetEpochGroupDataResponse)).epoch_group_data
+
+    async def models_all(self) -> list[model_pb2.Model]:
+        return list((await self._ask("ModelsAll", q.QueryModelsAllRequest(), q.QueryModelsAllResponse)).model)
+
+    async def hardware_nodes(self, participant: str) -> hardware_node_pb2.HardwareNodes:
+        request = q.QueryHardwareNodesRequest(participant=participant)
+        return (await self._ask("HardwareNodes", request, q.QueryHardwareNodesResponse)).nodes
+
+    async def poc_batches_for_stage(self, block_height: int) -> list[pocbatch_pb2.PoCBatchesWithParticipants]:
+        request = q.QueryPocBatchesForStageRequest(block_height=block_height)
+        return list((await self._ask("PocBatchesForStage", request, q.QueryPocBatchesForStageResponse)).poc_batch)
+
+    async def account(self, address: str) -> auth_pb2.BaseAccount:
+        self.calls += 1
+        response = await self.transport.unary(
+            AUTH_ACCOUNT, auth_query_pb2.QueryAccountRequest(address=address), auth_query_pb2.QueryAccountResponse
+        )
+        account = auth_pb2.BaseAccount()
+        if not response.account.Unpack(account):
+            raise ChainBadResponse(f"account {address}: not a BaseAccount ({response.account.type_url})")
+        return account
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
