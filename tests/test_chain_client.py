@@ -22,11 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from dapi.chain.broadcast import GrpcBroadcaster, RpcBroadcaster, tx_hash
+from dapi.chain.broadcast import GrpcBroadcaster, RpcBroadcaster
 from dapi.chain.client import connect
 from dapi.chain.errors import ChainNotFound, ChainRejected, ChainUnavailable
 from dapi.chain.query import AbciTransport, ChainQuery, GrpcTransport
 from dapi.chain.rpc import AbciQueryResult, CometRPC, websocket_url
+from dapi.chain.tx import tx_hash
 from dapi.config import ChainNodeConfig
 from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
 from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_q

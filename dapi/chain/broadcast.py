@@ -6,7 +6,6 @@ Both answer with the same small results: ``BroadcastResult`` (the CheckTx code a
 
 from __future__ import annotations
 
-import hashlib
 from typing import Protocol
 
 import grpc
@@ -18,11 +17,6 @@ from dapi.gen.cosmos.tx.v1beta1 import service_pb2
 
 BROADCAST_TX = "/cosmos.tx.v1beta1.Service/BroadcastTx"
 GET_TX = "/cosmos.tx.v1beta1.Service/GetTx"
-
-
-def tx_hash(raw: bytes) -> str:
-    """A tx's hash as the chain names it: uppercase hex of sha256 over the TxRaw bytes."""
-    return hashlib.sha256(raw).hexdigest().upper()
 
 
 class Broadcaster(Protocol):

@@ -1,0 +1,27 @@
+"""Prometheus metrics of one daemon, in a registry of its own (several daemons can share a test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.blocks_processed = Counter("dapi_blocks_processed", "Blocks processed by the dispatcher", registry=r)
+        self.last_height = Gauge("dapi_last_processed_height", "Height of the last processed block", registry=r)
+        self.phase = Gauge("dapi_epoch_phase", "1 for the current epoch phase", ["phase"], registry=r)
+        self.nodes_by_status = Gauge(
+            "dapi_ml_nodes", "ML nodes by current status", ["status"], registry=r
+        )
+        self.batches_accepted = Counter(
+            "dapi_poc_batches_accepted", "PoC batches answered 200 (durably queued)", ["kind"], registry=r
+        )
+        self.txs_landed = Counter("dapi_txs_landed", "Transactions included with code 0", ["type"], registry=r)
+        self.tx_failures = Counter(
+            "dapi_tx_failures", "Transactions rejected at CheckTx or failed in a block", ["stage", "code"], registry=r
+        )
+        self.tx_retries = Counter("dapi_tx_retries", "Broadcasts retried after a transient failure", registry=r)
+        self.outbox_depth = Gauge("dapi_outbox_depth", "Messages not yet landed or dead-lettered", registry=r)
+        self.chain_queries = Gauge("dapi_chain_queries", "Chain queries sent since start", registry=r)
