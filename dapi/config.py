@@ -139,9 +139,12 @@ class BrokerConfig(_Section):
 
 
 class OutboxConfig(_Section):
-    # After this long without inclusion a broadcast is presumed lost and sent again.
-    resend_after: float = Field(30.0, gt=0)
+    # Validity of each signed tx (its timeout_timestamp); after it passes without inclusion the
+    # chain can no longer include that tx, so it is signed afresh and sent again.
+    tx_timeout: float = Field(60.0, gt=0)
     poll_interval: float = Field(1.0, gt=0)
+    retry_backoff_max: float = Field(30.0, gt=0)
+    max_in_flight: int = Field(32, gt=0)
 
 
 class Config(_Section):
