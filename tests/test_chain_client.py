@@ -53,8 +53,13 @@ BLOCK_HASH = "4F1E0C8D9A7B6E5D4C3B2A1908F7E6D5C4B3A29180706F5E4D3C2B1A09F8E7D6"
 def _params() -> params_pb2.Params:
     return params_pb2.Params(
         epoch_params=params_pb2.EpochParams(
-            epoch_length=40, poc_stage_duration=6, poc_exchange_duration=2, poc_validation_delay=1,
-            poc_validation_duration=4, set_new_validators_delay=2, default_unit_of_compute_price=100,
+            epoch_length=40,
+            poc_stage_duration=6,
+            poc_exchange_duration=2,
+            poc_validation_delay=1,
+            poc_validation_duration=4,
+            set_new_validators_delay=2,
+            default_unit_of_compute_price=100,
         ),
         poc_params=params_pb2.PocParams(default_difficulty=5, validation_sample_size=200),
         validation_params=params_pb2.ValidationParams(timestamp_expiration=10, timestamp_advance=10),
@@ -63,20 +68,34 @@ def _params() -> params_pb2.Params:
 
 def _model(model_id: str) -> model_pb2.Model:
     return model_pb2.Model(
-        id=model_id, units_of_compute_per_token=1000, hf_repo=model_id, hf_commit="abc", model_args=["--tp", "1"],
-        v_ram=24, throughput_per_nonce=1000, validation_threshold=params_pb2.Decimal(value=85, exponent=-2),
+        id=model_id,
+        units_of_compute_per_token=1000,
+        hf_repo=model_id,
+        hf_commit="abc",
+        model_args=["--tp", "1"],
+        v_ram=24,
+        throughput_per_nonce=1000,
+        validation_threshold=params_pb2.Decimal(value=85, exponent=-2),
     )
 
 
 def _group(model_id: str) -> egd.EpochGroupData:
     return egd.EpochGroupData(
-        poc_start_block_height=80, epoch_index=2, model_id=model_id, unit_of_compute_price=100, total_weight=30,
+        poc_start_block_height=80,
+        epoch_index=2,
+        model_id=model_id,
+        unit_of_compute_price=100,
+        total_weight=30,
         sub_group_models=[] if model_id else ["Qwen/A", "Qwen/B"],
         model_snapshot=_model(model_id) if model_id else None,
         validation_weights=[
             egd.ValidationWeight(
-                member_address=ADDRESS, weight=30, reputation=1,
-                ml_nodes=[egd.MLNodeInfo(node_id="n1", poc_weight=30, throughput=30000, timeslot_allocation=[True, False])],
+                member_address=ADDRESS,
+                weight=30,
+                reputation=1,
+                ml_nodes=[
+                    egd.MLNodeInfo(node_id="n1", poc_weight=30, throughput=30000, timeslot_allocation=[True, False])
+                ],
             )
         ],
     )
@@ -117,8 +136,12 @@ def _store() -> dict[tuple[str, bytes], Message]:
                     participant=ADDRESS,
                     hardware_nodes=[
                         hardware_node_pb2.HardwareNode(
-                            local_id="n1", status=hardware_node_pb2.INFERENCE, models=["Qwen/A"],
-                            hardware=[hardware_node_pb2.Hardware(type="H100", count=8)], host="10.0.0.5", port="8080",
+                            local_id="n1",
+                            status=hardware_node_pb2.INFERENCE,
+                            models=["Qwen/A"],
+                            hardware=[hardware_node_pb2.Hardware(type="H100", count=8)],
+                            host="10.0.0.5",
+                            port="8080",
                         )
                     ],
                 )
@@ -130,11 +153,17 @@ def _store() -> dict[tuple[str, bytes], Message]:
             q.QueryPocBatchesForStageResponse(
                 poc_batch=[
                     pocbatch_pb2.PoCBatchesWithParticipants(
-                        participant=ADDRESS, pub_key="A1s9", hex_pub_key="035b3d",
+                        participant=ADDRESS,
+                        pub_key="A1s9",
+                        hex_pub_key="035b3d",
                         poc_batch=[
                             pocbatch_pb2.PoCBatch(
-                                participant_address=ADDRESS, poc_stage_start_block_height=80, batch_id="b1",
-                                nonces=[1, 5, 9], dist=[0.1, 0.2, 0.3], node_id="n1",
+                                participant_address=ADDRESS,
+                                poc_stage_start_block_height=80,
+                                batch_id="b1",
+                                nonces=[1, 5, 9],
+                                dist=[0.1, 0.2, 0.3],
+                                node_id="n1",
                             )
                         ],
                     )
@@ -201,24 +230,49 @@ def jsonrpc_app(chain: FakeChain) -> Starlette:
         return JSONResponse({"jsonrpc": "2.0", "id": req_id, "result": value})
 
     def error(req_id: Any, data: str) -> JSONResponse:
-        return JSONResponse({"jsonrpc": "2.0", "id": req_id, "error": {"code": -32603, "message": "Internal error", "data": data}})
+        return JSONResponse(
+            {"jsonrpc": "2.0", "id": req_id, "error": {"code": -32603, "message": "Internal error", "data": data}}
+        )
 
     async def endpoint(request: Request) -> JSONResponse:
         body = await request.json()
         method, params, req_id = body["method"], body.get("params", {}), body.get("id")
         if method == "status":
-            return result(req_id, {
-                "node_info": {"network": "gonka-testnet"},
-                "sync_info": {"latest_block_height": "95", "latest_block_hash": BLOCK_HASH, "catching_up": True},
-            })
+            return result(
+                req_id,
+                {
+                    "node_info": {"network": "gonka-testnet"},
+                    "sync_info": {"latest_block_height": "95", "latest_block_hash": BLOCK_HASH, "catching_up": True},
+                },
+            )
         if method == "block":
             height = params.get("height", "95")
             return result(req_id, {"block_id": {"hash": BLOCK_HASH}, "block": {"header": {"height": height}}})
         if method == "abci_query":
             answer = chain.query(params["path"], bytes.fromhex(params["data"]))
             if answer is None:
-                return result(req_id, {"response": {"code": 22, "log": "rpc error: code = NotFound desc = not found", "value": None, "height": "95"}})
-            return result(req_id, {"response": {"code": 0, "log": "", "height": "95", "value": base64.b64encode(answer.SerializeToString()).decode()}})
+                return result(
+                    req_id,
+                    {
+                        "response": {
+                            "code": 22,
+                            "log": "rpc error: code = NotFound desc = not found",
+                            "value": None,
+                            "height": "95",
+                        }
+                    },
+                )
+            return result(
+                req_id,
+                {
+                    "response": {
+                        "code": 0,
+                        "log": "",
+                        "height": "95",
+                        "value": base64.b64encode(answer.SerializeToString()).decode(),
+                    }
+                },
+            )
         if method == "broadcast_tx_sync":
             code, log, h = chain.broadcast(base64.b64decode(params["tx"]))
             return result(req_id, {"code": code, "log": log, "hash": h, "codespace": "sdk" if code else ""})
@@ -274,16 +328,18 @@ async def test_both_transports_decode_the_same_data_identically(servers: Servers
             assert info.params.epoch_params.epoch_length == 40
         results = []
         for client in (via_grpc, via_abci):
-            results.append([
-                await client.epoch_info(),
-                await client.params(),
-                await client.current_epoch_group_data(),
-                await client.epoch_group_data(2, "Qwen/A"),
-                await client.models_all(),
-                await client.hardware_nodes(ADDRESS),
-                await client.poc_batches_for_stage(80),
-                await client.account(ADDRESS),
-            ])
+            results.append(
+                [
+                    await client.epoch_info(),
+                    await client.params(),
+                    await client.current_epoch_group_data(),
+                    await client.epoch_group_data(2, "Qwen/A"),
+                    await client.models_all(),
+                    await client.hardware_nodes(ADDRESS),
+                    await client.poc_batches_for_stage(80),
+                    await client.account(ADDRESS),
+                ]
+            )
         assert results[0] == results[1]
         group = results[0][3]
         assert group.model_snapshot.id == "Qwen/A"

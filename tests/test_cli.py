@@ -26,8 +26,23 @@ def test_devnet_flags_and_defaults() -> None:
     assert (args.participants, args.nodes_per_participant, args.block_time) == (3, 4, 0.5)
     assert args.epochs is None and not args.json and not args.no_daemon
     args = build_parser().parse_args(
-        ["devnet", "--participants", "5", "--nodes-per-participant", "2", "--block-time", "0.05",
-         "--epochs", "3", "--base-port", "20000", "--json", "--no-daemon", "--write-config", "x.yaml"]
+        [
+            "devnet",
+            "--participants",
+            "5",
+            "--nodes-per-participant",
+            "2",
+            "--block-time",
+            "0.05",
+            "--epochs",
+            "3",
+            "--base-port",
+            "20000",
+            "--json",
+            "--no-daemon",
+            "--write-config",
+            "x.yaml",
+        ]
     )
     assert (args.participants, args.nodes_per_participant, args.block_time, args.epochs) == (5, 2, 0.05, 3)
     assert (args.base_port, args.json, args.no_daemon, args.write_config) == (20000, True, True, "x.yaml")

@@ -121,7 +121,9 @@ def test_env_overrides_follow_the_reference_naming(tmp_path: Path) -> None:
 def test_node_config_path_is_merged(tmp_path: Path) -> None:
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps([{"id": "n2", "host": "h", "inference_port": 1, "poc_port": 2}]))
-    path = write(tmp_path, "chain_node: {url: 'http://n:26657'}\nnodes:\n  - {id: n1, host: h, inference_port: 1, poc_port: 2}\n")
+    path = write(
+        tmp_path, "chain_node: {url: 'http://n:26657'}\nnodes:\n  - {id: n1, host: h, inference_port: 1, poc_port: 2}\n"
+    )
     config = load_config(path, env={"NODE_CONFIG_PATH": str(nodes)})
     assert [n.id for n in config.nodes] == ["n1", "n2"]
 
@@ -129,7 +131,9 @@ def test_node_config_path_is_merged(tmp_path: Path) -> None:
 def test_node_config_path_duplicate_with_file_is_fatal(tmp_path: Path) -> None:
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps([{"id": "n1", "host": "h", "inference_port": 1, "poc_port": 2}]))
-    path = write(tmp_path, "chain_node: {url: 'http://n:26657'}\nnodes:\n  - {id: n1, host: h, inference_port: 1, poc_port: 2}\n")
+    path = write(
+        tmp_path, "chain_node: {url: 'http://n:26657'}\nnodes:\n  - {id: n1, host: h, inference_port: 1, poc_port: 2}\n"
+    )
     with pytest.raises(ConfigError, match="duplicate node id 'n1'"):
         load_config(path, env={"NODE_CONFIG_PATH": str(nodes)})
 
@@ -137,7 +141,11 @@ def test_node_config_path_duplicate_with_file_is_fatal(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "env", "expected"),
     [
-        ("chain_node: {url: 'http://n:1'}\n", {"DAPI_API__PUBLIC_SERVER_PORT": "abc"}, r"^api\.public_server_port: .*'abc'"),
+        (
+            "chain_node: {url: 'http://n:1'}\n",
+            {"DAPI_API__PUBLIC_SERVER_PORT": "abc"},
+            r"^api\.public_server_port: .*'abc'",
+        ),
         ("api: {ml_server_port: 70000}\nchain_node: {url: 'http://n:1'}\n", {}, r"^api\.ml_server_port: "),
         ("api: {}\n", {}, r"^chain_node: is required"),
         ("chain_node: {grpc_url: 'x:1'}\n", {}, r"^chain_node\.url: is required"),
@@ -153,7 +161,11 @@ def test_node_config_path_duplicate_with_file_is_fatal(tmp_path: Path) -> None:
             {},
             r"^nodes\[0\]\.models: .*no model id",
         ),
-        ("chain_node: {url: 'http://n:1'}\nnodes:\n  - {host: h, inference_port: 1, poc_port: 2}\n", {}, r"^nodes\[0\]\.id: is required"),
+        (
+            "chain_node: {url: 'http://n:1'}\nnodes:\n  - {host: h, inference_port: 1, poc_port: 2}\n",
+            {},
+            r"^nodes\[0\]\.id: is required",
+        ),
         ("- just\n- a list\n", {}, r"top level must be a mapping"),
         ("chain_node: {url: [\n", {}, r"not valid YAML at line"),
     ],

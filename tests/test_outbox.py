@@ -52,9 +52,13 @@ class ScriptedChain:
             if self.swallow:
                 self.swallow -= 1
             elif tx.hash not in self.included:
-                self.included[tx.hash] = TxResult(hash=tx.hash, height=len(self.broadcasts), code=self.deliver_code,
-                                                  log="" if self.deliver_code == 0 else "poc batch outside window",
-                                                  codespace="inference" if self.deliver_code else "")
+                self.included[tx.hash] = TxResult(
+                    hash=tx.hash,
+                    height=len(self.broadcasts),
+                    code=self.deliver_code,
+                    log="" if self.deliver_code == 0 else "poc batch outside window",
+                    codespace="inference" if self.deliver_code else "",
+                )
         return BroadcastResult(code=code, log=log, hash=tx.hash, codespace="sdk" if code else "")
 
     async def get_tx(self, hash_hex: str) -> TxResult:
@@ -75,14 +79,25 @@ class ScriptedChain:
 
 
 def batch(batch_id: str, n: int = 3) -> MsgSubmitPocBatch:
-    return MsgSubmitPocBatch(creator=ACCOUNT_KEY.address, poc_stage_start_block_height=80, batch_id=batch_id,
-                             nonces=list(range(n)), dist=[0.5] * n, node_id="node-1")
+    return MsgSubmitPocBatch(
+        creator=ACCOUNT_KEY.address,
+        poc_stage_start_block_height=80,
+        batch_id=batch_id,
+        nonces=list(range(n)),
+        dist=[0.5] * n,
+        node_id="node-1",
+    )
 
 
 def signer_factory(key: SigningKey = ACCOUNT_KEY) -> Callable[[], asyncio.Future[TxSigner]]:
     async def make() -> TxSigner:
-        return TxSigner(key, chain_id="gonka-testnet", account_number=7, account_address=ACCOUNT_KEY.address,
-                        timeout_seconds=FAST.tx_timeout)
+        return TxSigner(
+            key,
+            chain_id="gonka-testnet",
+            account_number=7,
+            account_address=ACCOUNT_KEY.address,
+            timeout_seconds=FAST.tx_timeout,
+        )
 
     return make  # type: ignore[return-value]
 
@@ -111,8 +126,13 @@ async def make_outbox(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Fut
     made: list[Outbox] = []
 
     async def make(chain: ScriptedChain | None, *, key: SigningKey = ACCOUNT_KEY, start: bool = True) -> Outbox:
-        outbox = Outbox(tmp_path / "outbox.sqlite", broadcaster=chain, signer_factory=signer_factory(key) if chain else None,
-                        settings=FAST, metrics=Metrics())
+        outbox = Outbox(
+            tmp_path / "outbox.sqlite",
+            broadcaster=chain,
+            signer_factory=signer_factory(key) if chain else None,
+            settings=FAST,
+            metrics=Metrics(),
+        )
         await outbox.open()
         if start:
             await outbox.start()

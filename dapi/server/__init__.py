@@ -1,0 +1,1 @@
+"""The three HTTP surfaces: public API, ML node callbacks, admin API."""

@@ -1,0 +1,186 @@
+"""What the three HTTP apps share: the ``{"error": ...}`` envelope, status mapping, body limits, Go-style JSON.
+
+Errors are raised as ``ApiError`` (or a domain error mapped in ``install_error_handlers``) and turned
+into a response in one place, never per route. Malformed or oversized bodies answer 400/413 with a
+message naming the problem, never 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dapi.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": "<what went wrong>"}``."""
+
+    error: str
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries documenting the error statuses a route can answer."""
+    descriptions = {
+        400: "Malformed request: the message names the field",
+        401: "Missing or wrong bearer token",
+        404: "Not found",
+        409: "Conflict with an existing resource",
+        413: "Request body larger than the configured limit",
+        422: "Request body or parameters do not validate",
+        500: "Internal error",
+        503: "A dependency (chain, ML node, outbox) is unavailable",
+    }
+    return {s: {"model": ErrorBody, "description": descriptions.get(s, "Error")} for s in statuses}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body",)) or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] | None = None) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.message)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(exc.status_code, str(exc.detail))
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(400, _validation_message(exc))
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.exception("request failed", path=request.url.path, exc_info=exc)
+        return error_response(500, "internal error")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    for exc_type, status in (domain or {}).items():
+
+        def mapped(_: Request, exc: Exception, status: int = status) -> Response:
+            return error_response(status, str(exc))
+
+        app.add_exception_handler(exc_type, mapped)
+    app.add_exception_handler(Exception, crashed)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for bodies over ``limit`` bytes, whether announced or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await error_response(413, f"request body larger than {self.limit} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def read_json_body(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        raise ApiError(400, "request body is empty; expected JSON")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
+    async def check(request: Request) -> None:
+        if not token:
+            return
+        header = request.headers.get("authorization", "")
+        if header != f"Bearer {token}":
+            raise ApiError(401, "Authorization is required")
+
+    return check
+
+
+# -- Go-style JSON of chain messages ------------------------------------------------------------------
+# The reference encodes gogoproto structs with encoding/json: zero values omitted, 64-bit integers as
+# JSON numbers (not protojson strings), enums as numbers, bytes as base64.
+
+
+def _scalar(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        return go_json(value)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return base64.b64encode(value).decode()
+    return value
+
+
+def go_json(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.is_repeated:
+            out[field.name] = [_scalar(field, v) for v in value]
+        else:
+            out[field.name] = _scalar(field, value)
+    return out
+
+
+def json_bytes(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -1,0 +1,196 @@
+"""ML node callbacks: PoC batches in, chain messages durably queued out (reference/http.md §2).
+
+A batch is answered 200 only once its message is committed to the outbox, so an answered batch is
+never lost. The body is checked strictly and fast (a 100,000-nonce batch is a few MB of JSON): each
+rule that fails answers 400 naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from google.protobuf.message import Message
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from dapi.chain.keys import address_from_key_bytes
+from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
+from dapi.logs import get_logger
+from dapi.metrics import Metrics
+from dapi.server.common import ApiError, BodyLimit, error_responses, install_error_handlers, read_json_body
+
+log = get_logger(__name__)
+
+
+class NodeLookup(Protocol):
+    def node_id_by_num(self, node_num: int) -> str | None: ...
+
+
+class Outbox(Protocol):
+    @property
+    def can_send(self) -> bool: ...
+
+    async def submit(self, msg: Message) -> int: ...
+
+
+class ProofBatchBody(BaseModel):
+    """A generated batch as the ML node sends it (documentation of the body; parsing is done by hand)."""
+
+    public_key: str = Field(description="Hex of the participant's compressed public key")
+    block_hash: str
+    block_height: int = Field(gt=0, description="PoC stage start height")
+    nonces: list[int] = Field(description="Non-negative nonces, same length as dist")
+    dist: list[float] = Field(description="Finite distances >= 0")
+    node_id: int = Field(0, ge=0, description="The node number the API node gave this ML node (0 = unknown)")
+
+
+class ValidatedBatchBody(ProofBatchBody):
+    received_dist: list[float]
+    r_target: float
+    fraud_threshold: float
+    n_invalid: int = Field(ge=0)
+    probability_honest: float
+    fraud_detected: bool
+
+
+def _field(body: dict[str, Any], name: str, kinds: type | tuple[type, ...], *, required: bool = True) -> Any:
+    if name not in body:
+        if required:
+            raise ApiError(400, f"{name}: required")
+        return None
+    value = body[name]
+    # bool is an int in Python but never a number in JSON.
+    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
+        raise ApiError(400, f"{name}: wrong type {type(value).__name__}")
+    if not isinstance(value, kinds):
+        raise ApiError(400, f"{name}: wrong type {type(value).__name__}")
+    return value
+
+
+def _nonces(body: dict[str, Any]) -> list[int]:
+    nonces = _field(body, "nonces", list)
+    if not nonces:
+        raise ApiError(400, "nonces: must not be empty")
+    for index, n in enumerate(nonces):
+        if type(n) is not int or n < 0 or n >= 2**63:
+            raise ApiError(400, f"nonces[{index}]: must be a non-negative 64-bit integer (got {n!r})")
+    return nonces
+
+
+def _distances(body: dict[str, Any], name: str, *, non_negative: bool = True) -> list[float]:
+    values = _field(body, name, list)
+    for index, d in enumerate(values):
+        if type(d) not in (int, float) or not math.isfinite(d) or (non_negative and d < 0):
+            raise ApiError(400, f"{name}[{index}]: must be a finite number >= 0 (got {d!r})")
+    return [float(d) for d in values]
+
+
+def _hex_key(body: dict[str, Any]) -> str:
+    key = _field(body, "public_key", str)
+    try:
+        if not key or len(key) % 2:
+            raise ValueError
+        bytes.fromhex(key)
+    except ValueError:
+        raise ApiError(400, "public_key: must be a non-empty hex string") from None
+    return key
+
+
+def _number(body: dict[str, Any], name: str) -> float:
+    value = _field(body, name, (int, float))
+    if not math.isfinite(value):
+        raise ApiError(400, f"{name}: must be finite")
+    return float(value)
+
+
+def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object")
+    key = _hex_key(body)
+    _field(body, "block_hash", str)
+    height = _field(body, "block_height", int)
+    if height <= 0 or height >= 2**63:
+        raise ApiError(400, f"block_height: must be a positive 64-bit integer (got {height})")
+    nonces = _nonces(body)
+    dist = _distances(body, "dist")
+    if len(dist) != len(nonces):
+        raise ApiError(400, f"dist: length {len(dist)} differs from nonces length {len(nonces)}")
+    node_num = body.get("node_id", 0)
+    if node_num is None:
+        node_num = 0
+    if type(node_num) is not int or node_num < 0:
+        raise ApiError(400, f"node_id: must be a non-negative integer (got {node_num!r})")
+    return key, height, nonces, dist
+
+
+def create_mlnode_app(
+    *, nodes: NodeLookup, outbox: Outbox, account_address: str, metrics: Metrics | None = None,
+    body_limit: int = 64 * 1024 * 1024,
+) -> FastAPI:
+    app = FastAPI(title="dapi ML node callbacks", version="1", docs_url="/docs")
+    install_error_handlers(app)
+
+    async def queue(msg: Message, kind: str) -> Response:
+        if not outbox.can_send:
+            raise ApiError(503, "this API node has no signer key: batches cannot be submitted to the chain")
+        await outbox.submit(msg)
+        if metrics is not None:
+            metrics.batches_accepted.labels(kind=kind).inc()
+        return Response(status_code=200)
+
+    generated_doc: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": ProofBatchBody.model_json_schema(ref_template="#/components/schemas/{model}")}}},
+    }
+    validated_doc: dict[str, Any] = {
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": ValidatedBatchBody.model_json_schema(ref_template="#/components/schemas/{model}")}}},
+    }
+    errors = error_responses(400, 413, 503)
+
+    async def generated(request: Request) -> Response:
+        body = await read_json_body(request)
+        _, height, nonces, dist = _common(body)
+        node_num = body.get("node_id") or 0
+        node_id = nodes.node_id_by_num(node_num) if node_num else None
+        if node_id is None:
+            # Old ML nodes and mocks send no node number: the batch still counts, for the participant.
+            log.warning("PoC batch from an unknown node number; submitted without node id", node_num=node_num)
+        msg = MsgSubmitPocBatch(creator=account_address, poc_stage_start_block_height=height,
+                                batch_id=str(uuid.uuid4()), nonces=nonces, dist=dist, node_id=node_id or "")
+        return await queue(msg, "generated")
+
+    async def validated(request: Request) -> Response:
+        body = await read_json_body(request)
+        key, height, nonces, _ = _common(body)
+        received = _distances(body, "received_dist")
+        if len(received) != len(nonces):
+            raise ApiError(400, f"received_dist: length {len(received)} differs from nonces length {len(nonces)}")
+        n_invalid = _field(body, "n_invalid", int)
+        if n_invalid < 0:
+            raise ApiError(400, "n_invalid: must be >= 0")
+        msg = MsgSubmitPocValidation(
+            creator=account_address,
+            participant_address=address_from_key_bytes(bytes.fromhex(key)),
+            poc_stage_start_block_height=height,
+            # The arrays are left empty on purpose, as the reference does: the chain reads only the verdict.
+            r_target=_number(body, "r_target"),
+            fraud_threshold=_number(body, "fraud_threshold"),
+            n_invalid=n_invalid,
+            probability_honest=_number(body, "probability_honest"),
+            fraud_detected=_field(body, "fraud_detected", bool),
+        )
+        return await queue(msg, "validated")
+
+    for prefix in ("/v1", "/mlnode/v1"):
+        app.add_api_route(f"{prefix}/poc-batches/generated", generated, methods=["POST"], status_code=200,
+                          openapi_extra=generated_doc, responses={200: {"description": "Durably queued"}, **errors},
+                          summary="Submit a generated PoC batch", response_class=Response)
+        app.add_api_route(f"{prefix}/poc-batches/validated", validated, methods=["POST"], status_code=200,
+                          openapi_extra=validated_doc, responses={200: {"description": "Durably queued"}, **errors},
+                          summary="Submit a validated PoC batch", response_class=Response)
+    app.add_middleware(BodyLimit, limit=body_limit)
+    return app

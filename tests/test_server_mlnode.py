@@ -1,0 +1,173 @@
+"""ML node callbacks: the real ML node's payloads accepted verbatim, strict checks, durable queueing."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from dapi.chain.keys import address_from_key_bytes
+from dapi.chain.outbox import Outbox
+from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
+from dapi.metrics import Metrics
+from dapi.server.mlnode.app import create_mlnode_app
+
+ACCOUNT = "gonka1helduaxd0n4q3mp6w8f5vt8x2u6t9whf74jpwe"
+
+# Observed payloads of the real ML node's Sender, verbatim from reference/http.md §6.2.
+REAL_GENERATED = '{"public_key": "02ab", "block_hash": "H", "block_height": 10, "nonces": [1, 3, 5], "dist": [0.5, 0.7, 0.9], "node_id": 1}'
+REAL_VALIDATED = ('{"public_key": "03cd", "block_hash": "H", "block_height": 10, "nonces": [7, 9], "dist": [0.15, 2.0], '
+                  '"node_id": 0, "received_dist": [0.1, 0.2], "r_target": 1.4, "fraud_threshold": 1e-07, "n_invalid": 1, '
+                  '"probability_honest": 0.00099975, "fraud_detected": false}')
+# The testermint mock ML node (reference/http.md §6.3) sends no node_id and an extra received_dist.
+MOCK_GENERATED = {"public_key": "02ab", "block_hash": "H", "block_height": 10, "nonces": [1, 2], "dist": [0.1, 0.2],
+                  "received_dist": [0.1, 0.2]}
+
+
+class Nodes:
+    def node_id_by_num(self, node_num: int) -> str | None:
+        return {1: "node1", 2: "node2"}.get(node_num)
+
+
+class NeverSends:
+    async def broadcast(self, raw: bytes) -> Any:
+        raise AssertionError("the callback server must not broadcast")
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    async def no_signer() -> Any:
+        raise AssertionError("not started")
+
+    box = Outbox(tmp_path / "outbox.sqlite", broadcaster=NeverSends(), signer_factory=no_signer)  # type: ignore[arg-type]
+    await box.open()
+    yield box
+    await box.stop()
+
+
+def stored(path: Path) -> list[Any]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT type_url, body FROM messages ORDER BY id").fetchall()
+    classes = {"/inference.inference.MsgSubmitPocBatch": MsgSubmitPocBatch,
+               "/inference.inference.MsgSubmitPocValidation": MsgSubmitPocValidation}
+    return [classes[url].FromString(body) for url, body in rows]
+
+
+@pytest.fixture
+async def client(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, metrics=Metrics(), body_limit=4096)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as c:
+        yield c
+
+
+async def test_real_ml_node_payloads_are_accepted_verbatim(client: httpx.AsyncClient, outbox: Outbox) -> None:
+    headers = {"content-type": "application/json"}
+    r1 = await client.post("/v1/poc-batches/generated", content=REAL_GENERATED, headers=headers)
+    r2 = await client.post("/v1/poc-batches/validated", content=REAL_VALIDATED, headers=headers)
+    assert (r1.status_code, r1.content, r2.status_code, r2.content) == (200, b"", 200, b"")
+    batch, validation = stored(outbox.path)
+    assert isinstance(batch, MsgSubmitPocBatch)
+    assert (batch.creator, batch.poc_stage_start_block_height, list(batch.nonces), list(batch.dist), batch.node_id) == (
+        ACCOUNT, 10, [1, 3, 5], [0.5, 0.7, 0.9], "node1")
+    assert len(batch.batch_id) == 36  # a random UUID
+    assert isinstance(validation, MsgSubmitPocValidation)
+    assert validation.participant_address == address_from_key_bytes(bytes.fromhex("03cd"))
+    assert (validation.creator, validation.poc_stage_start_block_height) == (ACCOUNT, 10)
+    assert (validation.r_target, validation.fraud_threshold, validation.n_invalid) == (1.4, 1e-07, 1)
+    assert (validation.probability_honest, validation.fraud_detected) == (0.00099975, False)
+    # Emptied on purpose (the chain reads only the verdict), as the reference does.
+    assert list(validation.nonces) == list(validation.dist) == list(validation.received_dist) == []
+
+
+@pytest.mark.parametrize(("node_num", "expected"), [(2, "node2"), (None, ""), (0, ""), (99, "")])
+async def test_node_id_present_absent_and_unknown(client: httpx.AsyncClient, outbox: Outbox, node_num: int | None,
+                                                  expected: str) -> None:
+    body = dict(MOCK_GENERATED)
+    if node_num is not None:
+        body["node_id"] = node_num
+    response = await client.post("/mlnode/v1/poc-batches/generated", json=body)
+    assert response.status_code == 200
+    [batch] = stored(outbox.path)
+    assert batch.node_id == expected and list(batch.nonces) == [1, 2]
+
+
+async def test_every_batch_gets_its_own_batch_id(client: httpx.AsyncClient, outbox: Outbox) -> None:
+    for _ in range(3):
+        assert (await client.post("/v1/poc-batches/generated", content=REAL_GENERATED)).status_code == 200
+    assert len({b.batch_id for b in stored(outbox.path)}) == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"nonces": [1, -3, 5]}, "nonces[1]"),
+        ({"nonces": [1, 3.0, 5]}, "nonces[1]"),
+        ({"nonces": [1, "3", 5]}, "nonces[1]"),
+        ({"nonces": []}, "nonces"),
+        ({"dist": [0.5, -0.1, 0.9]}, "dist[1]"),
+        ({"dist": [0.5, 0.7]}, "dist"),
+        ({"block_height": 0}, "block_height"),
+        ({"block_height": "10"}, "block_height"),
+        ({"public_key": "xyz"}, "public_key"),
+        ({"node_id": -1}, "node_id"),
+        ({"node_id": 1.5}, "node_id"),
+    ],
+)
+async def test_bad_batches_get_400_naming_the_field(client: httpx.AsyncClient, outbox: Outbox,
+                                                    change: dict[str, Any], field: str) -> None:
+    body = {**json.loads(REAL_GENERATED), **change}
+    response = await client.post("/v1/poc-batches/generated", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith(field)
+    assert stored(outbox.path) == []
+
+
+async def test_non_finite_distance_is_rejected(client: httpx.AsyncClient) -> None:
+    body = REAL_GENERATED.replace("[0.5, 0.7, 0.9]", "[0.5, NaN, 0.9]")
+    response = await client.post("/v1/poc-batches/generated", content=body)
+    assert response.status_code == 400 and response.json()["error"].startswith("dist[1]")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"received_dist": [0.1]}, "received_dist"), ({"fraud_detected": "no"}, "fraud_detected"),
+     ({"n_invalid": -1}, "n_invalid"), ({"r_target": None}, "r_target")],
+)
+async def test_bad_validated_batches_get_400(client: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
+    body = {**json.loads(REAL_VALIDATED), **change}
+    response = await client.post("/v1/poc-batches/validated", json=body)
+    assert response.status_code == 400 and response.json()["error"].startswith(field)
+
+
+async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient) -> None:
+    not_json = await client.post("/v1/poc-batches/generated", content=b"{nope")
+    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+    array = await client.post("/v1/poc-batches/generated", json=[1, 2])
+    assert array.status_code == 400 and array.json()["error"].startswith("body")
+    big = {**json.loads(REAL_GENERATED), "nonces": list(range(2000)), "dist": [0.1] * 2000}
+    too_large = await client.post("/v1/poc-batches/generated", json=big)
+    assert too_large.status_code == 413 and "larger than 4096" in too_large.json()["error"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: the limit still holds
+        for _ in range(10):
+            yield b" " * 1000
+
+    streamed = await client.post("/v1/poc-batches/generated", content=chunks())
+    assert streamed.status_code == 413
+    missing = await client.get("/v1/poc-batches/nothing")
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+
+
+async def test_without_a_signer_batches_are_refused_not_swallowed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.sqlite", broadcaster=None, signer_factory=None)
+    await box.open()
+    app = create_mlnode_app(nodes=Nodes(), outbox=box, account_address=ACCOUNT)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as c:
+        response = await c.post("/v1/poc-batches/generated", content=REAL_GENERATED)
+    await box.stop()
+    assert response.status_code == 503 and "signer" in response.json()["error"]
