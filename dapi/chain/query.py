@@ -139,6 +139,19 @@ class ChainQuery:
         request = q.QueryPocBatchesForStageRequest(block_height=block_height)
         return list((await self._ask("PocBatchesForStage", request, q.QueryPocBatchesForStageResponse)).poc_batch)
 
+    async def model_per_token_prices(self) -> dict[str, int]:
+        response = await self._ask(
+            "GetAllModelPerTokenPrices", q.QueryGetAllModelPerTokenPricesRequest(),
+            q.QueryGetAllModelPerTokenPricesResponse,
+        )
+        return {p.model_id: p.price for p in response.model_prices}
+
+    async def model_capacities(self) -> dict[str, int]:
+        response = await self._ask(
+            "GetAllModelCapacities", q.QueryGetAllModelCapacitiesRequest(), q.QueryGetAllModelCapacitiesResponse
+        )
+        return {c.model_id: c.capacity for c in response.model_capacities}
+
     async def account(self, address: str) -> auth_pb2.BaseAccount:
         self.calls += 1
         response = await self.transport.unary(

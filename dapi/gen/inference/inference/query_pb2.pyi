@@ -326,3 +326,97 @@ class QueryPocBatchesForStageResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___QueryPocBatchesForStageResponse: typing_extensions.TypeAlias = QueryPocBatchesForStageResponse
+
+@typing.final
+class ModelPrice(google.protobuf.message.Message):
+    """Dynamic per-token pricing (reference/chain-io.md §3): read by /v1/governance/pricing."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: builtins.int
+    PRICE_FIELD_NUMBER: builtins.int
+    model_id: builtins.str
+    price: builtins.int
+    def __init__(
+        self,
+        *,
+        model_id: builtins.str = ...,
+        price: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["model_id", b"model_id", "price", b"price"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ModelPrice: typing_extensions.TypeAlias = ModelPrice
+
+@typing.final
+class QueryGetAllModelPerTokenPricesRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___QueryGetAllModelPerTokenPricesRequest: typing_extensions.TypeAlias = QueryGetAllModelPerTokenPricesRequest
+
+@typing.final
+class QueryGetAllModelPerTokenPricesResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_PRICES_FIELD_NUMBER: builtins.int
+    @property
+    def model_prices(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ModelPrice]: ...
+    def __init__(
+        self,
+        *,
+        model_prices: collections.abc.Iterable[Global___ModelPrice] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["model_prices", b"model_prices"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetAllModelPerTokenPricesResponse: typing_extensions.TypeAlias = QueryGetAllModelPerTokenPricesResponse
+
+@typing.final
+class ModelCapacity(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: builtins.int
+    CAPACITY_FIELD_NUMBER: builtins.int
+    model_id: builtins.str
+    capacity: builtins.int
+    def __init__(
+        self,
+        *,
+        model_id: builtins.str = ...,
+        capacity: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["capacity", b"capacity", "model_id", b"model_id"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ModelCapacity: typing_extensions.TypeAlias = ModelCapacity
+
+@typing.final
+class QueryGetAllModelCapacitiesRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___QueryGetAllModelCapacitiesRequest: typing_extensions.TypeAlias = QueryGetAllModelCapacitiesRequest
+
+@typing.final
+class QueryGetAllModelCapacitiesResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_CAPACITIES_FIELD_NUMBER: builtins.int
+    @property
+    def model_capacities(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ModelCapacity]: ...
+    def __init__(
+        self,
+        *,
+        model_capacities: collections.abc.Iterable[Global___ModelCapacity] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["model_capacities", b"model_capacities"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetAllModelCapacitiesResponse: typing_extensions.TypeAlias = QueryGetAllModelCapacitiesResponse

@@ -79,6 +79,16 @@ class QueryStub:
                 request_serializer=inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageRequest.SerializeToString,
                 response_deserializer=inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageResponse.FromString,
                 _registered_method=True)
+        self.GetAllModelPerTokenPrices = channel.unary_unary(
+                '/inference.inference.Query/GetAllModelPerTokenPrices',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesResponse.FromString,
+                _registered_method=True)
+        self.GetAllModelCapacities = channel.unary_unary(
+                '/inference.inference.Query/GetAllModelCapacities',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -138,6 +148,18 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAllModelPerTokenPrices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAllModelCapacities(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +207,16 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.PocBatchesForStage,
                     request_deserializer=inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageRequest.FromString,
                     response_serializer=inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageResponse.SerializeToString,
+            ),
+            'GetAllModelPerTokenPrices': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllModelPerTokenPrices,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesResponse.SerializeToString,
+            ),
+            'GetAllModelCapacities': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllModelCapacities,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +462,60 @@ class Query:
             '/inference.inference.Query/PocBatchesForStage',
             inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageRequest.SerializeToString,
             inference_dot_inference_dot_query__pb2.QueryPocBatchesForStageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllModelPerTokenPrices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetAllModelPerTokenPrices',
+            inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetAllModelPerTokenPricesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllModelCapacities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetAllModelCapacities',
+            inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

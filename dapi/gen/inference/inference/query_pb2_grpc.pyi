@@ -37,6 +37,8 @@ class QueryStub:
     HardwareNodes: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryHardwareNodesRequest, dapi.gen.inference.inference.query_pb2.QueryHardwareNodesResponse]
     HardwareNodesAll: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryHardwareNodesAllRequest, dapi.gen.inference.inference.query_pb2.QueryHardwareNodesAllResponse]
     PocBatchesForStage: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageRequest, dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse]
+    GetAllModelPerTokenPrices: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]
+    GetAllModelCapacities: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]
 
 @typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -50,6 +52,8 @@ class QueryAsyncStub(QueryStub):
     HardwareNodes: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryHardwareNodesRequest, dapi.gen.inference.inference.query_pb2.QueryHardwareNodesResponse]  # type: ignore[assignment]
     HardwareNodesAll: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryHardwareNodesAllRequest, dapi.gen.inference.inference.query_pb2.QueryHardwareNodesAllResponse]  # type: ignore[assignment]
     PocBatchesForStage: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageRequest, dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse]  # type: ignore[assignment]
+    GetAllModelPerTokenPrices: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]  # type: ignore[assignment]
+    GetAllModelCapacities: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]  # type: ignore[assignment]
 
 class QueryServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -114,5 +118,19 @@ class QueryServicer(metaclass=abc.ABCMeta):
         request: dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageRequest,
         context: _ServicerContext,
     ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse]]: ...
+
+    @abc.abstractmethod
+    def GetAllModelPerTokenPrices(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]]: ...
+
+    @abc.abstractmethod
+    def GetAllModelCapacities(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]]: ...
 
 def add_QueryServicer_to_server(servicer: QueryServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

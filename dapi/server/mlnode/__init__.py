@@ -1,0 +1,1 @@
+"""mlnode HTTP app."""
