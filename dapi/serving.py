@@ -1,85 +1,111 @@
 """Run an ASGI app with uvicorn inside the current event loop, on a given or OS-chosen port.
 
-Used by the daemon for its three servers and by the devnet and tests for theirs; the bound port is
-read back from the socket, so port 0 works everywhere.
+Used by the daemon for its three servers and by the devnet and tests for theirs. The socket is bound
+here, so a port clash fails at start, loudly, and port 0 gives the OS-chosen port before the first
+request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from typing import Any
+import time
 
 import uvicorn
-
-from dapi.logs import get_logger
-
-log = get_logger(__name__)
+from starlette.types import ASGIApp
 
 
-class RunningServer:
-    """An uvicorn server serving on a socket this object bound; ``stop()`` shuts it down."""
+class EmbeddedServer:
+    """An ASGI app served by uvicorn inside the caller's event loop, on a socket bound here.
 
-    def __init__(self, server: uvicorn.Server, sock: socket.socket, task: asyncio.Task[None]) -> None:
-        self._server = server
-        self._sock = sock
-        self._task = task
-        self.host, self.port = sock.getsockname()[:2]
+    Binding the socket ourselves gives the OS-chosen port (port 0) before the first request. Start and
+    stop are uvicorn's `startup()` and a shutdown of our own instead of `serve()`: `serve()` installs
+    signal handlers (the embedding process owns SIGINT/SIGTERM) and its shutdown polls in 0.1 s steps,
+    which adds up in tests that start and stop many servers.
+    """
+
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self._requested_port = port
+        self._port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("server not started")
+        return self._port
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        self._server.should_exit = True
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("already started")
+        sock = bind_socket(self.host, self._requested_port)
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._server.force_exit = True
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        finally:
-            self._sock.close()
+            # log_config=None leaves the embedding process's logging configuration alone.
+            config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False)
+            config.load()
+            server = uvicorn.Server(config)
+            server.lifespan = config.lifespan_class(config)
+            await server.startup(sockets=[sock])
+            await server.on_tick(0)  # sets the default response headers (Date) that serve() would
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._server = sock, server
+        self._port = sock.getsockname()[1]
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop accepting, let requests in flight finish for up to `grace` seconds, then cut them off."""
+        server, sock = self._server, self._sock
+        if server is None:
+            return
+        self._server = self._sock = None
+        for listener in server.servers:
+            listener.close()
+        state = server.server_state
+        for connection in list(state.connections):
+            connection.shutdown()  # idle keep-alive connections close now, busy ones after their response
+        deadline = time.monotonic() + grace
+        # uvicorn exposes no event for "all connections closed"; polling its sets is all there is.
+        while (state.connections or state.tasks) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        for task in list(state.tasks):
+            task.cancel()
+        for connection in list(state.connections):
+            connection.transport.close()
+        for listener in server.servers:
+            await listener.wait_closed()
+        if sock is not None:
+            sock.close()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto must say TCP: accepted sockets copy it, and asyncio sets TCP_NODELAY only on sockets whose
+    # proto is IPPROTO_TCP. With proto 0, Nagle holds each response body behind its headers until the
+    # client's delayed ACK, ~40 ms per request on loopback.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
-    sock.setblocking(False)
     return sock
 
 
-async def start_server(app: Any, host: str = "127.0.0.1", port: int = 0, *, name: str = "http",
-                       **uvicorn_options: Any) -> RunningServer:
-    """Bind first (so a port clash fails here, loudly), then serve in an owned task."""
-    sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", **uvicorn_options)
-    server = uvicorn.Server(config)
-
-    async def serve() -> None:
-        try:
-            # _serve, not serve: serve() captures SIGINT/SIGTERM, and the process owner handles those.
-            await server._serve(sockets=[sock])
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("server crashed", server=name)
-            raise
-
-    task = asyncio.create_task(serve(), name=f"serve-{name}")
-    while not server.started:
-        if task.done():
-            task.result()  # re-raises the start-up failure
-            raise RuntimeError(f"{name} server exited before it started")
-        await asyncio.sleep(0.005)
-    return RunningServer(server, sock, task)
+async def start_server(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> EmbeddedServer:
+    server = EmbeddedServer(app, host=host, port=port)
+    await server.start()
+    return server
