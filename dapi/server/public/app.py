@@ -1,0 +1,285 @@
+"""The public API (reference/http.md §1): models, pricing, governance, epochs, PoC batches, status, metrics.
+
+``/v1/models`` and ``/v1/pricing`` describe the *effective* epoch from the broker's epoch cache (plan
+11.1): they never query the chain, and their bytes are rendered once per cache change. Differences from
+the reference that keep clients working: ``{"models": []}`` instead of ``null``, and epoch info served
+from the last processed block instead of a chain query per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from fastapi import FastAPI
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict
+from starlette.responses import Response
+
+from dapi.chain.errors import ChainError, ChainNotFound
+from dapi.chain.view import ChainView
+from dapi.gen.inference.inference.model_pb2 import Model
+from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatchesWithParticipants
+from dapi.metrics import Metrics
+from dapi.server.common import ApiError, error_responses, go_json, install_error_handlers, json_bytes
+
+JSON = "application/json"
+
+
+class EpochModels(Protocol):
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def models(self) -> Sequence[Model]: ...
+
+    @property
+    def unit_of_compute_price(self) -> int: ...
+
+    @property
+    def governance_models(self) -> Sequence[Model]: ...
+
+
+class DynamicPricing(Protocol):
+    """Per-model prices and capacities the chain reports, cached per block by its owner."""
+
+    async def prices(self) -> tuple[dict[str, int], dict[str, int]]: ...
+
+
+# -- documented shapes (for OpenAPI; responses are rendered by hand for speed) -----------------------
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class DecimalJson(_Open):
+    value: int | None = None
+    exponent: int | None = None
+
+
+class ModelJson(_Open):
+    """A chain Model as the reference encodes it: zero fields are omitted."""
+
+    proposed_by: str | None = None
+    id: str | None = None
+    units_of_compute_per_token: int | None = None
+    context_window: int | None = None
+    quantization: str | None = None
+    coins_per_input_token: int | None = None
+    coins_per_output_token: int | None = None
+    hf_repo: str | None = None
+    hf_commit: str | None = None
+    model_args: list[str] | None = None
+    v_ram: int | None = None
+    throughput_per_nonce: int | None = None
+    validation_threshold: DecimalJson | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelJson]
+
+
+class ModelPriceJson(BaseModel):
+    id: str
+    units_of_compute_per_token: int
+    price_per_token: int
+    utilization: float | None = None
+    capacity: int | None = None
+
+
+class PricingResponse(BaseModel):
+    unit_of_compute_price: int
+    models: list[ModelPriceJson]
+    dynamic_pricing_enabled: bool
+
+
+class WindowJson(BaseModel):
+    start: int
+    end: int
+
+
+class EpochStagesJson(BaseModel):
+    epoch_index: int
+    poc_start: int
+    poc_generation_wind_down: int
+    poc_generation_end: int
+    poc_validation_start: int
+    poc_validation_wind_down: int
+    poc_validation_end: int
+    set_new_validators: int
+    claim_money: int
+    inference_validation_cutoff: int
+    next_poc_start: int
+    poc_exchange_window: WindowJson
+    poc_validation_exchange_window: WindowJson
+
+
+class LatestEpochJson(BaseModel):
+    index: int
+    poc_start_block_height: int
+
+
+class EpochResponse(BaseModel):
+    block_height: int
+    latest_epoch: LatestEpochJson
+    phase: str
+    epoch_stages: EpochStagesJson
+    next_epoch_stages: EpochStagesJson
+    epoch_params: dict[str, Any]
+
+
+class PocBatchesResponse(BaseModel):
+    poc_batch: list[dict[str, Any]]
+
+
+class StatusResponse(_Open):
+    status: str
+
+
+# -- rendering ---------------------------------------------------------------------------------------
+
+
+def render_models(models: Sequence[Model]) -> bytes:
+    return json_bytes({"models": [go_json(m) for m in models]})
+
+
+def render_pricing(models: Sequence[Model], unit_price: int) -> bytes:
+    entries = [
+        {"id": m.id, "units_of_compute_per_token": m.units_of_compute_per_token,
+         "price_per_token": m.units_of_compute_per_token * unit_price}
+        for m in models
+    ]
+    return json_bytes({"unit_of_compute_price": unit_price, "models": entries, "dynamic_pricing_enabled": False})
+
+
+class _Rendered:
+    """Bytes of a response, rendered again only when the cache behind them changed."""
+
+    def __init__(self, render: Callable[[], bytes], version: Callable[[], int]) -> None:
+        self._render = render
+        self._version = version
+        self._seen: int | None = None
+        self._bytes = b""
+
+    def get(self) -> bytes:
+        version = self._version()
+        if version != self._seen:
+            self._bytes = self._render()
+            self._seen = version
+        return self._bytes
+
+
+def create_public_app(
+    *,
+    cache: EpochModels,
+    chain: ChainView,
+    status: Callable[[], dict[str, Any]],
+    poc_batches: Callable[[int], Awaitable[list[PoCBatchesWithParticipants]]],
+    dynamic_pricing: DynamicPricing | None = None,
+    metrics: Metrics | None = None,
+    before_metrics: Callable[[], None] | None = None,
+) -> FastAPI:
+    app = FastAPI(title="dapi public API", version="1",
+                  description="Public API of a gonka participant's API node")
+    install_error_handlers(app)
+    models_bytes = _Rendered(lambda: render_models(cache.models), lambda: cache.version)
+    pricing_bytes = _Rendered(lambda: render_pricing(cache.models, cache.unit_of_compute_price), lambda: cache.version)
+    governance_bytes = _Rendered(lambda: render_models(cache.governance_models), lambda: cache.version)
+
+    @app.get("/v1/status", response_model=None, responses={200: {"model": StatusResponse}, **error_responses(500)})
+    async def get_status() -> Response:
+        """Always 200 once the process is up: the body says how far the chain is followed and how components are."""
+        return Response(json_bytes({"status": "ok", **status()}), media_type=JSON)
+
+    @app.get("/v1/models", response_model=None, responses={200: {"model": ModelsResponse}, **error_responses(500)})
+    async def get_models() -> Response:
+        """Model snapshots of the effective epoch (frozen at its formation), in sub-group order."""
+        return Response(models_bytes.get(), media_type=JSON)
+
+    @app.get("/v1/pricing", response_model=None, responses={200: {"model": PricingResponse}, **error_responses(500)})
+    async def get_pricing() -> Response:
+        """Price per token of each model of the effective epoch: units of compute per token times the epoch's price."""
+        return Response(pricing_bytes.get(), media_type=JSON)
+
+    @app.get("/v1/governance/models", response_model=None,
+             responses={200: {"model": ModelsResponse}, **error_responses(500)})
+    async def get_governance_models() -> Response:
+        """Every model in the governance registry, active in this epoch or not."""
+        return Response(governance_bytes.get(), media_type=JSON)
+
+    @app.get("/v1/governance/pricing", response_model=None,
+             responses={200: {"model": PricingResponse}, **error_responses(500, 503)})
+    async def get_governance_pricing() -> Response:
+        """Legacy price of every governance model; the chain's dynamic per-model price where it reports one."""
+        unit = cache.unit_of_compute_price
+        prices: dict[str, int] = {}
+        capacities: dict[str, int] = {}
+        if dynamic_pricing is not None:
+            try:
+                prices, capacities = await dynamic_pricing.prices()
+            except ChainError:
+                prices, capacities = {}, {}  # as the reference: an unreachable price query means "disabled"
+        enabled = bool(prices)
+        entries = []
+        for m in cache.governance_models:
+            entry: dict[str, Any] = {"id": m.id, "units_of_compute_per_token": m.units_of_compute_per_token,
+                                     "price_per_token": m.units_of_compute_per_token * unit}
+            if enabled and m.id in prices:
+                entry["price_per_token"] = prices[m.id]
+            if enabled and m.id in capacities:
+                entry["capacity"] = capacities[m.id]
+            entries.append(entry)
+        body = {"unit_of_compute_price": unit, "models": entries, "dynamic_pricing_enabled": enabled}
+        return Response(json_bytes(body), media_type=JSON)
+
+    @app.get("/v1/epochs/{epoch}", response_model=None,
+             responses={200: {"model": EpochResponse}, **error_responses(400, 503)})
+    async def get_epoch(epoch: str) -> Response:
+        """Only ``latest``: latest epoch, phase at the last processed block, stages of this and the next epoch."""
+        if epoch != "latest":
+            raise ApiError(400, "Only getting info for current epoch is supported at the moment")
+        snapshot = chain.snapshot
+        if snapshot is None:
+            raise ApiError(503, "no block processed yet: the epoch is not known")
+        context = snapshot.context
+        body = {
+            "block_height": snapshot.height,
+            "latest_epoch": {"index": snapshot.latest_epoch.index,
+                             "poc_start_block_height": snapshot.latest_epoch.poc_start_block_height},
+            "phase": str(snapshot.phase),
+            "epoch_stages": context.stages().as_json(),
+            "next_epoch_stages": context.next_epoch().stages().as_json(),
+            "epoch_params": go_json(snapshot.params.epoch_params),
+        }
+        return Response(json_bytes(body), media_type=JSON)
+
+    @app.get("/v1/poc-batches/{height}", response_model=None,
+             responses={200: {"model": PocBatchesResponse}, **error_responses(400, 404, 503)})
+    async def get_poc_batches(height: str) -> Response:
+        """The PoC batches stored on chain for the PoC stage that started at ``height``."""
+        try:
+            value = int(height)
+        except ValueError:
+            raise ApiError(400, "Invalid epoch id") from None
+        if not 0 <= value < 2**63:
+            raise ApiError(400, "Invalid epoch id")
+        try:
+            groups = await poc_batches(value)
+        except ChainNotFound:
+            raise ApiError(404, f"PoC batches not found. epoch = {value}") from None
+        except ChainError as exc:
+            raise ApiError(503, f"chain query failed: {exc}") from None
+        return Response(json_bytes({"poc_batch": [go_json(g) for g in groups]}), media_type=JSON)
+
+    @app.get("/metrics", response_model=None, responses={200: {"content": {"text/plain": {}}}},
+             include_in_schema=True)
+    async def get_metrics() -> Response:
+        """Prometheus metrics."""
+        if metrics is None:
+            return Response(b"", media_type=CONTENT_TYPE_LATEST)
+        if before_metrics is not None:
+            before_metrics()
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
