@@ -187,6 +187,7 @@ class FakeChain:
     included: dict[str, tuple[int, int, str]] = field(default_factory=dict)  # hash -> (height, code, log)
     received: list[bytes] = field(default_factory=list)
     checktx_code: int = 0
+    heights: list[int] = field(default_factory=list)  # the block height each query asked for (0 = latest)
 
     def query(self, path: str, data: bytes) -> Message | None:
         return self.store.get((path, data))
@@ -211,6 +212,8 @@ def grpc_handler(chain: FakeChain) -> grpc.GenericRpcHandler:
                 height, code, log = chain.included[h]
                 resp = abci_pb2.TxResponse(height=height, code=code, raw_log=log, txhash=h)
                 return service_pb2.GetTxResponse(tx_response=resp).SerializeToString()
+            asked = dict(context.invocation_metadata() or ()).get("x-cosmos-block-height", "0")
+            chain.heights.append(int(asked))
             answer = chain.query(path, request)
             if answer is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "not found")
@@ -249,6 +252,7 @@ def jsonrpc_app(chain: FakeChain) -> Starlette:
             height = params.get("height", "95")
             return result(req_id, {"block_id": {"hash": BLOCK_HASH}, "block": {"header": {"height": height}}})
         if method == "abci_query":
+            chain.heights.append(int(params.get("height", "0")))
             answer = chain.query(params["path"], bytes.fromhex(params["data"]))
             if answer is None:
                 return result(
@@ -445,3 +449,14 @@ async def test_connect_picks_grpc_only_when_grpc_url_is_set(servers: Servers) ->
     finally:
         await with_grpc.aclose()
         await without.aclose()
+
+
+async def test_a_query_at_a_past_height_says_so_on_both_transports(servers: Servers) -> None:
+    for client in await both(servers):
+        servers.chain.heights.clear()
+        try:
+            await client.epoch_info(height=77)
+            await client.epoch_info()
+        finally:
+            await client.aclose()
+        assert servers.chain.heights == [77, 0]

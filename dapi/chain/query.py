@@ -41,7 +41,9 @@ _RETRIABLE_GRPC = {
 
 
 class QueryTransport(Protocol):
-    async def unary(self, path: str, request: Message, response_type: type[M]) -> M: ...
+    async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
+        """One query; ``height`` > 0 asks for the state as of that block (0: the latest)."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -61,11 +63,13 @@ class GrpcTransport:
             target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
         )
 
-    async def unary(self, path: str, request: Message, response_type: type[M]) -> M:
+    async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
         # Raw bytes through the channel so decoding errors surface as ours, not as grpc internals.
         call = self._channel.unary_unary(path)
+        # The Cosmos SDK's gRPC gateway reads the block height of a historical query from this header.
+        metadata = (("x-cosmos-block-height", str(height)),) if height > 0 else None
         try:
-            data = await call(request.SerializeToString(), timeout=self.timeout)
+            data = await call(request.SerializeToString(), timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise grpc_error(path, exc) from exc
         return _decode(path, data, response_type)
@@ -88,8 +92,8 @@ class AbciTransport:
     def __init__(self, rpc: CometRPC) -> None:
         self.rpc = rpc
 
-    async def unary(self, path: str, request: Message, response_type: type[M]) -> M:
-        result = await self.rpc.abci_query(path, request.SerializeToString())
+    async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
+        result = await self.rpc.abci_query(path, request.SerializeToString(), height)
         if result.code != 0:
             # The chain maps a gRPC NotFound into the ABCI log text; that text is all there is to go on.
             if "not found" in result.log.lower():
@@ -108,12 +112,13 @@ class ChainQuery:
         self.transport = transport
         self.calls = 0
 
-    async def _ask(self, method: str, request: Message, response_type: type[M]) -> M:
+    async def _ask(self, method: str, request: Message, response_type: type[M], height: int = 0) -> M:
         self.calls += 1
-        return await self.transport.unary(INFERENCE_QUERY + method, request, response_type)
+        return await self.transport.unary(INFERENCE_QUERY + method, request, response_type, height)
 
-    async def epoch_info(self) -> q.QueryEpochInfoResponse:
-        return await self._ask("EpochInfo", q.QueryEpochInfoRequest(), q.QueryEpochInfoResponse)
+    async def epoch_info(self, height: int = 0) -> q.QueryEpochInfoResponse:
+        """The latest epoch and params; as of block ``height`` when it is given (replaying missed blocks)."""
+        return await self._ask("EpochInfo", q.QueryEpochInfoRequest(), q.QueryEpochInfoResponse, height)
 
     async def params(self) -> params_pb2.Params:
         return (await self._ask("Params", q.QueryParamsRequest(), q.QueryParamsResponse)).params

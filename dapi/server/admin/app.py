@@ -1,0 +1,172 @@
+"""The admin API (reference/http.md §3): ML nodes, and a view of the transaction outbox.
+
+Bound to loopback by default (``api.admin_bind_host``); with ``api.admin_token`` set every call needs
+``Authorization: Bearer <token>``. Changes the reference got wrong are answered properly: a duplicate
+id is 409 (the existing node untouched), non-governance models are 400 naming them, unknown ids 404.
+Added and removed nodes are recorded in ``data_dir`` and survive a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from dapi.broker.errors import (
+    BrokerError,
+    DuplicateNode,
+    GovernanceUnavailable,
+    InvalidModels,
+    InvalidNodeConfig,
+    NodeNotFound,
+)
+from dapi.broker.state import AdminState, Node, NodeResponse, node_response_json
+from dapi.chain.outbox import DeadLetter, OutboxRow
+from dapi.config import NodeConfig
+from dapi.logs import get_logger
+from dapi.node_store import NodeStore
+from dapi.server.common import bearer_auth, error_responses, install_error_handlers, json_bytes
+
+log = get_logger(__name__)
+
+_STATUS_OF: dict[type[BrokerError], int] = {
+    DuplicateNode: 409,
+    InvalidModels: 400,
+    InvalidNodeConfig: 400,
+    NodeNotFound: 404,
+    GovernanceUnavailable: 503,
+}
+
+
+class NodeBroker(Protocol):
+    async def register(self, config: NodeConfig) -> Node: ...
+
+    async def register_many(self, configs: Sequence[NodeConfig]) -> list[Node | BrokerError]: ...
+
+    async def remove(self, node_id: str) -> bool: ...
+
+    def set_admin_state(self, node_id: str, enabled: bool) -> AdminState: ...
+
+    def nodes(self) -> list[NodeResponse]: ...
+
+
+class OutboxView(Protocol):
+    async def counts(self) -> dict[str, int]: ...
+
+    async def pending(self, limit: int = 100) -> list[OutboxRow]: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+
+class NodeJson(BaseModel):
+    id: str
+    host: str
+    inference_port: int
+    inference_segment: str
+    poc_port: int
+    poc_segment: str
+    max_concurrent: int
+    models: dict[str, dict[str, list[str]]]
+    hardware: list[dict[str, Any]]
+    version: str
+    node_num: int
+
+
+class NodeItemJson(BaseModel):
+    node: NodeJson
+    state: dict[str, Any]
+
+
+class AdminMessage(BaseModel):
+    message: str
+    node_id: str
+
+
+class OutboxJson(BaseModel):
+    counts: dict[str, int]
+    pending: list[dict[str, Any]]
+
+
+class DeadLettersJson(BaseModel):
+    dead_letters: list[dict[str, Any]]
+
+
+def create_admin_app(*, broker: NodeBroker, store: NodeStore, outbox: OutboxView | None = None,
+                     token: str = "") -> FastAPI:
+    app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(bearer_auth(token))])
+    install_error_handlers(app, domain=dict(_STATUS_OF))
+    auth = (401,) if token else ()
+
+    @app.get("/admin/v1/nodes", response_model=list[NodeItemJson], responses=error_responses(*auth))
+    async def list_nodes() -> Response:
+        """Every registered ML node with its state, epoch models and epoch ML node records, by node number."""
+        items = sorted(broker.nodes(), key=lambda r: r.node.node_num)
+        return Response(json_bytes([node_response_json(r) for r in items]), media_type="application/json")
+
+    @app.post("/admin/v1/nodes", response_model=NodeJson, responses=error_responses(400, 409, 503, *auth))
+    async def add_node(config: NodeConfig) -> JSONResponse:
+        """Register an ML node; its models must be governance models. It gets the next node number."""
+        node = await broker.register(config)
+        await store.record_added([config])
+        return JSONResponse(node.to_json())
+
+    @app.post("/admin/v1/nodes/batch", status_code=201, response_model=list[NodeJson],
+              responses=error_responses(400, *auth))
+    async def add_nodes(configs: list[NodeConfig]) -> JSONResponse:
+        """Register several ML nodes; answers the ones accepted (a rejected one is logged with its reason)."""
+        results = await broker.register_many(configs)
+        accepted = [r for r in results if isinstance(r, Node)]
+        for config, result in zip(configs, results, strict=True):
+            if isinstance(result, BrokerError):
+                log.warning("node in a batch rejected", node_id=config.id, reason=str(result))
+        if accepted:
+            await store.record_added([n.config for n in accepted])
+        return JSONResponse([n.to_json() for n in accepted], status_code=201)
+
+    @app.delete("/admin/v1/nodes/{node_id}", response_model=bool, responses=error_responses(*auth))
+    async def delete_node(node_id: str) -> JSONResponse:
+        """Unregister a node: ``true`` if it existed. Its running job is cancelled."""
+        existed = await broker.remove(node_id)
+        if existed:
+            await store.record_removed(node_id)
+        return JSONResponse(existed)
+
+    @app.post("/admin/v1/nodes/{node_id}/enable", response_model=AdminMessage,
+              responses=error_responses(404, *auth))
+    async def enable_node(node_id: str) -> JSONResponse:
+        """Enable a node: at once during the Inference phase, fully from the next epoch."""
+        broker.set_admin_state(node_id, True)
+        return JSONResponse({"message": "node enabled successfully", "node_id": node_id})
+
+    @app.post("/admin/v1/nodes/{node_id}/disable", response_model=AdminMessage,
+              responses=error_responses(404, *auth))
+    async def disable_node(node_id: str) -> JSONResponse:
+        """Disable a node: it keeps its duties until the epoch ends, then stops."""
+        broker.set_admin_state(node_id, False)
+        return JSONResponse({"message": "node disabled successfully", "node_id": node_id})
+
+    @app.get("/admin/v1/outbox", response_model=OutboxJson, responses=error_responses(503, *auth))
+    async def outbox_view() -> JSONResponse:
+        """Counts of the transaction outbox and the messages not yet on chain."""
+        if outbox is None:
+            return JSONResponse({"counts": {}, "pending": []})
+        rows = await outbox.pending(200)
+        return JSONResponse({"counts": await outbox.counts(), "pending": [
+            {"id": r.id, "type_url": r.type_url, "state": r.state, "attempts": r.attempts, "tx_hash": r.tx_hash,
+             "last_error": r.last_error, "created_at": r.created_at} for r in rows]})
+
+    @app.get("/admin/v1/outbox/dead-letters", response_model=DeadLettersJson,
+             responses=error_responses(503, *auth))
+    async def dead_letters() -> JSONResponse:
+        """Messages the chain rejected for good, with the code and log it gave."""
+        if outbox is None:
+            return JSONResponse({"dead_letters": []})
+        rows = await outbox.dead_letters(200)
+        return JSONResponse({"dead_letters": [
+            {"id": d.id, "type_url": d.type_url, "stage": d.stage, "code": d.code, "codespace": d.codespace,
+             "log": d.log, "tx_hash": d.tx_hash, "attempts": d.attempts, "failed_at": d.failed_at} for d in rows]})
+
+    return app
