@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -67,14 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(config_path: str) -> int:
+    from dapi.config import ConfigError, load_config
+    from dapi.daemon import run
+    from dapi.logs import configure_logging
+
+    configure_logging()
+    try:
+        config = load_config(config_path)
+        return asyncio.run(run(config))
+    except ConfigError as exc:
+        print(f"dapi run: config error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "version":
         print(f"dapi {__version__}")
         return 0
     if args.command == "run":
-        print("dapi run: not implemented yet", file=sys.stderr)
-        return 2
+        return _run(args.config)
     if args.command == "devnet":
         if args.write_config and not args.no_daemon:
             print("dapi devnet: --write-config needs --no-daemon", file=sys.stderr)

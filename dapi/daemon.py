@@ -1,0 +1,311 @@
+"""``dapi run``: every component wired together, started in dependency order, stopped in reverse.
+
+Start: storage (outbox, node store) → chain client → broker (+ node registration, retried in the
+background while the chain is unreachable) → HTTP servers → block dispatcher and websocket. The
+public ``/v1/status`` answers as soon as the servers are up, whether or not the chain is reachable.
+
+Stop (SIGTERM/SIGINT): intake first (websocket, callback server), then the duties in flight, then
+the outbox (everything answered 200 is committed), the broker's workers, the other servers, and the
+chain connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dapi import __version__
+from dapi.broker import Broker, ChainAdapter
+from dapi.broker.errors import BrokerError, GovernanceUnavailable
+from dapi.chain.client import ChainClient, connect
+from dapi.chain.keys import SigningKey, address_from_public_key, public_key_from_base64
+from dapi.chain.outbox import Outbox
+from dapi.chain.tx import TxSigner
+from dapi.chain.view import ChainView
+from dapi.config import Config, ConfigError, signer_secret
+from dapi.event_listener.dispatcher import Dispatcher
+from dapi.event_listener.follower import BlockFollower
+from dapi.event_listener.subscription import ChainSubscription
+from dapi.logs import get_logger
+from dapi.metrics import Metrics
+from dapi.node_store import NodeStore
+from dapi.poc.seeds import SeedManager
+from dapi.poc.validation import BatchValidator
+from dapi.server.admin.app import create_admin_app
+from dapi.server.mlnode.app import create_mlnode_app
+from dapi.server.public.app import create_public_app
+from dapi.serving import EmbeddedServer
+
+log = get_logger("dapi.daemon")
+
+STOP_GRACE = 8.0  # the whole stop must fit in 10 s (DESIGN.md §4.1)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who this API node acts for: the participant account, and the key that signs for it (if any)."""
+
+    account_address: str
+    account_public_key: bytes
+    signer: SigningKey | None
+
+    @property
+    def read_only(self) -> bool:
+        return self.signer is None
+
+    @property
+    def pubkey_hex(self) -> str:
+        return self.account_public_key.hex()
+
+
+def resolve_identity(config: Config) -> Identity:
+    secret = signer_secret(config)
+    signer: SigningKey | None = None
+    if secret is not None:
+        try:
+            signer = SigningKey.parse(secret)
+        except ValueError as exc:
+            raise ConfigError(f"signer key (DAPI_SIGNER_KEY or chain_node.signer_key_file): {exc}") from None
+    account_b64 = config.chain_node.account_public_key
+    if account_b64:
+        try:
+            account_key = public_key_from_base64(account_b64)
+        except ValueError as exc:
+            raise ConfigError(f"chain_node.account_public_key: {exc}") from None
+    elif signer is not None:
+        account_key = signer.public_key  # the signer is the participant's own account key
+    else:
+        raise ConfigError("chain_node.account_public_key: required (or a signer key, which then is the account)")
+    return Identity(address_from_public_key(account_key), account_key, signer)
+
+
+@dataclass
+class Daemon:
+    config: Config
+    identity: Identity
+    metrics: Metrics = field(default_factory=Metrics)
+    view: ChainView = field(default_factory=ChainView)
+    started_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.config.data_path
+        self.chain: ChainClient | None = None
+        self.outbox: Outbox | None = None
+        self.broker: Broker | None = None
+        self.store = NodeStore(self.data_dir / "nodes.json")
+        self.seeds: SeedManager | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.follower: BlockFollower | None = None
+        self.subscription: ChainSubscription | None = None
+        self.servers: dict[str, EmbeddedServer] = {}
+        self._registration: asyncio.Task[None] | None = None
+        self.registration_error = ""
+        self.should_exit = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log.info("starting", version=__version__, account=self.identity.account_address,
+                 read_only=self.identity.read_only, chain=cfg.chain_node.url, data_dir=str(self.data_dir))
+        if self.identity.read_only:
+            log.warning("no signer key (DAPI_SIGNER_KEY or chain_node.signer_key_file): read-only, "
+                        "no transactions will be sent")
+        await self.store.load()
+        chain = self.chain = connect(cfg.chain_node)
+        self.outbox = Outbox(
+            self.data_dir / "outbox.sqlite",
+            broadcaster=chain.broadcaster if self.identity.signer else None,
+            signer_factory=self._make_signer if self.identity.signer else None,
+            settings=cfg.outbox,
+            metrics=self.metrics,
+        )
+        await self.outbox.start()
+        tx_sink = self.outbox if self.identity.signer else None
+        self.broker = Broker(
+            chain=ChainAdapter(chain.query, chain.rpc),
+            participant_address=self.identity.account_address,
+            participant_pubkey_hex=self.identity.pubkey_hex,
+            poc_callback_url=cfg.api.poc_callback_url,
+            settings=cfg.broker,
+            data_dir=self.data_dir,
+            tx_sink=tx_sink,
+        )
+        await self.broker.start()
+        self._registration = asyncio.create_task(self._register_nodes(), name="register-nodes")
+        await self._start_servers()
+        self.seeds = SeedManager(self.data_dir / "seeds.json", key=self.identity.signer,
+                                 account_address=self.identity.account_address, tx_sink=tx_sink)
+        await self.seeds.load()
+        broker = self.broker
+        validator = BatchValidator(chain.query, chain.rpc,
+                                   lambda: [h.client for h in broker.validating_nodes()],
+                                   own_hex_pubkey=self.identity.pubkey_hex)
+        self.dispatcher = Dispatcher(rpc=chain.rpc, query=chain.query, broker=broker, view=self.view,
+                                     seeds=self.seeds, validator=validator, metrics=self.metrics)
+        self.follower = BlockFollower(chain.rpc, self.dispatcher.process)
+        self.subscription = ChainSubscription(chain.rpc.websocket_url, self.follower.on_block)
+        self.follower.start()
+        self.subscription.start()
+        log.info("started", public=self.servers["public"].url, ml=self.servers["ml"].url,
+                 admin=self.servers["admin"].url)
+
+    async def _make_signer(self) -> TxSigner:
+        assert self.chain is not None and self.identity.signer is not None
+        signer = self.identity.signer
+        account = await self.chain.query.account(signer.address)
+        return TxSigner(signer, chain_id=self.config.chain_node.chain_id, account_number=account.account_number,
+                        account_address=self.identity.account_address, timeout_seconds=self.config.outbox.tx_timeout)
+
+    async def _start_servers(self) -> None:
+        api = self.config.api
+        assert self.broker is not None and self.outbox is not None and self.chain is not None
+        broker, chain = self.broker, self.chain
+        public = create_public_app(cache=broker.epoch_cache, chain=self.view, status=self.status,
+                                   poc_batches=chain.query.poc_batches_for_stage, metrics=self.metrics,
+                                   before_metrics=self._refresh_metrics)
+        ml = create_mlnode_app(nodes=_NodeNames(broker), outbox=self.outbox,
+                               account_address=self.identity.account_address, metrics=self.metrics,
+                               body_limit=api.ml_body_limit)
+        admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
+        for name, app, host, port in (
+            ("public", public, api.bind_host, api.public_server_port),
+            ("ml", ml, api.bind_host, api.ml_server_port),
+            ("admin", admin, api.admin_bind_host, api.admin_server_port),
+        ):
+            server = EmbeddedServer(app, host=host, port=port)
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ConfigError(f"api: cannot listen on {host}:{port} for the {name} server: {exc.strerror}") from exc
+            self.servers[name] = server
+
+    async def _register_nodes(self) -> None:
+        """Register the configured (and admin-added) nodes, retrying while governance cannot be read."""
+        assert self.broker is not None
+        pending = self.store.effective(list(self.config.nodes))
+        delay = 1.0
+        while pending:
+            results = await self.broker.register_many(pending)
+            retry = []
+            for config, result in zip(pending, results, strict=True):
+                if isinstance(result, GovernanceUnavailable):
+                    retry.append(config)
+                elif isinstance(result, BrokerError):
+                    log.error("node not registered", node_id=config.id, reason=str(result))
+            pending = retry
+            if pending:
+                self.registration_error = f"{len(pending)} node(s) waiting for the chain's governance models"
+                log.warning("node registration waits for the chain", nodes=[c.id for c in pending], retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+        self.registration_error = ""
+
+    async def stop(self) -> None:
+        log.info("stopping")
+        deadline = time.monotonic() + STOP_GRACE
+
+        async def bounded(what: str, coro: Any) -> None:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                await asyncio.wait_for(coro, left)
+            except TimeoutError:
+                log.error("stop step timed out", step=what)
+            except Exception:
+                log.exception("stop step failed", step=what)
+
+        if self.subscription is not None:
+            await bounded("websocket", self.subscription.stop())
+        if self.follower is not None:
+            await bounded("block follower", self.follower.stop())
+        if "ml" in self.servers:
+            await bounded("ml server", self.servers.pop("ml").stop(1.0))
+        if self.dispatcher is not None:
+            await bounded("dispatcher duties", self.dispatcher.stop())
+        if self._registration is not None:
+            self._registration.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._registration
+        if self.outbox is not None:
+            await bounded("outbox", self.outbox.stop())
+        if self.broker is not None:
+            await bounded("broker", self.broker.stop())
+        for name in list(self.servers):
+            await bounded(f"{name} server", self.servers.pop(name).stop(1.0))
+        if self.chain is not None:
+            await bounded("chain client", self.chain.aclose())
+        log.info("stopped")
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def _refresh_metrics(self) -> None:
+        if self.broker is None:
+            return
+        for status, count in self.broker.metrics().nodes_by_status.items():
+            self.metrics.nodes_by_status.labels(status=status).set(count)
+        if self.chain is not None:
+            self.metrics.chain_queries.set(self.chain.query.calls)
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self.view.snapshot
+        age = None if self.view.updated_at is None else round(time.monotonic() - self.view.updated_at, 3)
+        chain: dict[str, Any] = {
+            "url": self.config.chain_node.url,
+            "transport": "grpc" if self.config.chain_node.grpc_url else "abci",
+            "websocket_connected": bool(self.subscription and self.subscription.connected.is_set()),
+            "synced": bool(snapshot and snapshot.synced),
+            "last_height": snapshot.height if snapshot else None,
+            "seconds_since_last_block": age,
+            "epoch": snapshot.latest_epoch.index if snapshot else None,
+            "phase": str(snapshot.phase) if snapshot else None,
+        }
+        if self.subscription is not None and not self.subscription.connected.is_set():
+            chain["last_error"] = self.subscription.last_error
+        broker = self.broker.metrics() if self.broker else None
+        components: dict[str, Any] = {
+            "broker": {"healthy": broker is not None, "nodes_by_status": broker.nodes_by_status if broker else {},
+                       "registration": self.registration_error or "done"},
+            "outbox": {"healthy": self.outbox is not None, "depth": int(self.metrics.outbox_depth._value.get()),
+                       "sending": bool(self.outbox and self.outbox.can_send)},
+            "follower": {"processed": self.follower.processed if self.follower else 0,
+                         "replayed": self.follower.replayed if self.follower else 0},
+        }
+        return {
+            "version": __version__,
+            "account_address": self.identity.account_address,
+            "read_only": self.identity.read_only,
+            "uptime_seconds": round(time.monotonic() - self.started_at, 1),
+            "chain": chain,
+            "components": components,
+        }
+
+
+class _NodeNames:
+    """The ML callback server's view of the broker: node number → node id."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def node_id_by_num(self, node_num: int) -> str | None:
+        node = self._broker.node_by_num(node_num)
+        return node.id if node else None
+
+
+async def run(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; 0 after a graceful stop."""
+    identity = resolve_identity(config)
+    daemon = Daemon(config, identity)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.should_exit.set)
+    try:
+        await daemon.start()
+        await daemon.should_exit.wait()
+    finally:
+        await daemon.stop()
+    return 0
