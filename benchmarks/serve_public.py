@@ -34,10 +34,15 @@ def ten_models() -> tuple[Model, ...]:
 
 @dataclass
 class Cache:
-    models: tuple[Model, ...] = field(default_factory=ten_models)
+    effective: tuple[Model, ...] = field(default_factory=ten_models)
     unit_of_compute_price: int = 100
-    governance_models: tuple[Model, ...] = field(default_factory=ten_models)
     version: int = 1
+
+    def models(self) -> tuple[Model, ...]:
+        return self.effective
+
+    def governance_models(self) -> tuple[Model, ...]:
+        return self.effective
 
 
 class CountingChain:
@@ -57,7 +62,7 @@ def build(mode: str) -> tuple[FastAPI, CountingChain]:
     cache = Cache()
     chain = CountingChain()
     if mode == "bare":
-        models, pricing = render_models(cache.models), render_pricing(cache.models, cache.unit_of_compute_price)
+        models, pricing = render_models(cache.models()), render_pricing(cache.models(), cache.unit_of_compute_price)
         app = FastAPI()
 
         @app.get("/v1/models")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from dapi import __version__
 from dapi.broker import Broker, ChainAdapter
@@ -38,7 +40,7 @@ from dapi.poc.validation import BatchValidator
 from dapi.server.admin.app import create_admin_app
 from dapi.server.mlnode.app import create_mlnode_app
 from dapi.server.public.app import create_public_app
-from dapi.serving import EmbeddedServer
+from dapi.serving import EmbeddedServer, bind_socket
 
 log = get_logger("dapi.daemon")
 
@@ -108,8 +110,37 @@ class Daemon:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    def _bind(self) -> dict[str, socket.socket]:
+        """Take the three ports first: a clash fails here, before anything else started.
+
+        Port 0 gives an OS-chosen port; the callback URL the ML nodes get then follows the ML server's
+        real port.
+        """
+        api = self.config.api
+        sockets: dict[str, socket.socket] = {}
+        try:
+            for name, host, port in (("public", api.bind_host, api.public_server_port),
+                                     ("ml", api.bind_host, api.ml_server_port),
+                                     ("admin", api.admin_bind_host, api.admin_server_port)):
+                try:
+                    sockets[name] = bind_socket(host, port)
+                except OSError as exc:
+                    raise ConfigError(f"api: cannot listen on {host}:{port} for the {name} server: {exc.strerror}") \
+                        from None
+        except BaseException:
+            for sock in sockets.values():
+                sock.close()
+            raise
+        if api.ml_server_port == 0:
+            parts = urlsplit(api.poc_callback_url)
+            if parts.port == 0:
+                ml_port = sockets["ml"].getsockname()[1]
+                api.poc_callback_url = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{ml_port}"))
+        return sockets
+
     async def start(self) -> None:
         cfg = self.config
+        sockets = self._bind()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("starting", version=__version__, account=self.identity.account_address,
                  read_only=self.identity.read_only, chain=cfg.chain_node.url, data_dir=str(self.data_dir))
@@ -138,7 +169,7 @@ class Daemon:
         )
         await self.broker.start()
         self._registration = asyncio.create_task(self._register_nodes(), name="register-nodes")
-        await self._start_servers()
+        await self._start_servers(sockets)
         self.seeds = SeedManager(self.data_dir / "seeds.json", key=self.identity.signer,
                                  account_address=self.identity.account_address, tx_sink=tx_sink)
         await self.seeds.load()
@@ -162,7 +193,7 @@ class Daemon:
         return TxSigner(signer, chain_id=self.config.chain_node.chain_id, account_number=account.account_number,
                         account_address=self.identity.account_address, timeout_seconds=self.config.outbox.tx_timeout)
 
-    async def _start_servers(self) -> None:
+    async def _start_servers(self, sockets: dict[str, socket.socket]) -> None:
         api = self.config.api
         assert self.broker is not None and self.outbox is not None and self.chain is not None
         broker, chain = self.broker, self.chain
@@ -173,16 +204,10 @@ class Daemon:
                                account_address=self.identity.account_address, metrics=self.metrics,
                                body_limit=api.ml_body_limit)
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
-        for name, app, host, port in (
-            ("public", public, api.bind_host, api.public_server_port),
-            ("ml", ml, api.bind_host, api.ml_server_port),
-            ("admin", admin, api.admin_bind_host, api.admin_server_port),
-        ):
-            server = EmbeddedServer(app, host=host, port=port)
-            try:
-                await server.start()
-            except OSError as exc:
-                raise ConfigError(f"api: cannot listen on {host}:{port} for the {name} server: {exc.strerror}") from exc
+        for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
+                                ("admin", admin, api.admin_bind_host)):
+            server = EmbeddedServer(app, host=host, sock=sockets.pop(name))
+            await server.start()
             self.servers[name] = server
 
     async def _register_nodes(self) -> None:

@@ -24,13 +24,15 @@ class EmbeddedServer:
     which adds up in tests that start and stop many servers.
     """
 
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
+                 sock: socket.socket | None = None) -> None:
         self.app = app
         self.host = host
         self._requested_port = port
         self._port: int | None = None
         self._server: uvicorn.Server | None = None
         self._sock: socket.socket | None = None
+        self._prebound = sock  # a socket bound earlier (so its port was known before the app existed)
 
     @property
     def port(self) -> int:
@@ -50,7 +52,8 @@ class EmbeddedServer:
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("already started")
-        sock = bind_socket(self.host, self._requested_port)
+        sock = self._prebound or bind_socket(self.host, self._requested_port)
+        self._prebound = None
         try:
             # log_config=None leaves the embedding process's logging configuration alone.
             config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False)

@@ -26,10 +26,18 @@ QWQ = Model(id="Qwen/QwQ-32B", units_of_compute_per_token=1000, v_ram=80, throug
 
 @dataclass
 class Cache:
-    models: Sequence[Model] = ()
+    """The read side of the broker's epoch cache, as plain data."""
+
+    effective: Sequence[Model] = ()
     unit_of_compute_price: int = 0
-    governance_models: Sequence[Model] = ()
+    governance: Sequence[Model] = ()
     version: int = 0
+
+    def models(self) -> Sequence[Model]:
+        return self.effective
+
+    def governance_models(self) -> Sequence[Model]:
+        return self.governance
 
 
 @dataclass
@@ -83,7 +91,7 @@ async def world() -> AsyncIterator[tuple[World, httpx.AsyncClient]]:
 async def test_models_are_the_effective_epoch_snapshots(world: tuple[World, httpx.AsyncClient]) -> None:
     w, client = world
     assert (await client.get("/v1/models")).json() == {"models": []}  # never null
-    w.cache.models, w.cache.version = (QWEN, QWQ), 1
+    w.cache.effective, w.cache.version = (QWEN, QWQ), 1
     body = (await client.get("/v1/models")).json()
     assert body == {"models": [
         {"id": "Qwen/Qwen2.5-7B-Instruct", "units_of_compute_per_token": 100, "hf_repo": "Qwen/Qwen2.5-7B-Instruct",
@@ -95,9 +103,9 @@ async def test_models_are_the_effective_epoch_snapshots(world: tuple[World, http
 
 async def test_rendered_bytes_follow_the_cache_version(world: tuple[World, httpx.AsyncClient]) -> None:
     w, client = world
-    w.cache.models, w.cache.version = (QWEN,), 1
+    w.cache.effective, w.cache.version = (QWEN,), 1
     assert len((await client.get("/v1/models")).json()["models"]) == 1
-    w.cache.models = (QWEN, QWQ)  # same version: the cached bytes stay (the cache bumps on every change)
+    w.cache.effective = (QWEN, QWQ)  # same version: the cached bytes stay (the cache bumps on every change)
     assert len((await client.get("/v1/models")).json()["models"]) == 1
     w.cache.version = 2
     assert len((await client.get("/v1/models")).json()["models"]) == 2
@@ -107,7 +115,7 @@ async def test_pricing_multiplies_units_by_the_epoch_price(world: tuple[World, h
     w, client = world
     assert (await client.get("/v1/pricing")).json() == {"unit_of_compute_price": 0, "models": [],
                                                         "dynamic_pricing_enabled": False}
-    w.cache.models, w.cache.unit_of_compute_price, w.cache.version = (QWEN, QWQ), 7, 1
+    w.cache.effective, w.cache.unit_of_compute_price, w.cache.version = (QWEN, QWQ), 7, 1
     assert (await client.get("/v1/pricing")).json() == {
         "unit_of_compute_price": 7,
         "models": [
@@ -120,7 +128,7 @@ async def test_pricing_multiplies_units_by_the_epoch_price(world: tuple[World, h
 
 async def test_governance_models_and_legacy_pricing(world: tuple[World, httpx.AsyncClient]) -> None:
     w, client = world
-    w.cache.models, w.cache.governance_models, w.cache.unit_of_compute_price, w.cache.version = (QWEN,), (QWEN, QWQ), 3, 1
+    w.cache.effective, w.cache.governance, w.cache.unit_of_compute_price, w.cache.version = (QWEN,), (QWEN, QWQ), 3, 1
     governance = (await client.get("/v1/governance/models")).json()
     assert [m["id"] for m in governance["models"]] == ["Qwen/Qwen2.5-7B-Instruct", "Qwen/QwQ-32B"]
     pricing = (await client.get("/v1/governance/pricing")).json()
@@ -131,7 +139,7 @@ async def test_governance_models_and_legacy_pricing(world: tuple[World, httpx.As
 
 async def test_governance_pricing_uses_dynamic_prices_when_the_chain_has_them(world: tuple[World, httpx.AsyncClient]) -> None:
     w, client = world
-    w.cache.governance_models, w.cache.unit_of_compute_price, w.cache.version = (QWEN, QWQ), 3, 1
+    w.cache.governance, w.cache.unit_of_compute_price, w.cache.version = (QWEN, QWQ), 3, 1
     w.pricing.answer = ({"Qwen/QwQ-32B": 4242}, {"Qwen/QwQ-32B": 9000})
     pricing = (await client.get("/v1/governance/pricing")).json()
     assert pricing["dynamic_pricing_enabled"] is True

@@ -30,13 +30,11 @@ class EpochModels(Protocol):
     @property
     def version(self) -> int: ...
 
-    @property
     def models(self) -> Sequence[Model]: ...
 
     @property
     def unit_of_compute_price(self) -> int: ...
 
-    @property
     def governance_models(self) -> Sequence[Model]: ...
 
 
@@ -183,9 +181,12 @@ def create_public_app(
     app = FastAPI(title="dapi public API", version="1",
                   description="Public API of a gonka participant's API node")
     install_error_handlers(app)
-    models_bytes = _Rendered(lambda: render_models(cache.models), lambda: cache.version)
-    pricing_bytes = _Rendered(lambda: render_pricing(cache.models, cache.unit_of_compute_price), lambda: cache.version)
-    governance_bytes = _Rendered(lambda: render_models(cache.governance_models), lambda: cache.version)
+    def version() -> int:
+        return cache.version
+
+    models_bytes = _Rendered(lambda: render_models(cache.models()), version)
+    pricing_bytes = _Rendered(lambda: render_pricing(cache.models(), cache.unit_of_compute_price), version)
+    governance_bytes = _Rendered(lambda: render_models(cache.governance_models()), version)
 
     @app.get("/v1/status", response_model=None, responses={200: {"model": StatusResponse}, **error_responses(500)})
     async def get_status() -> Response:
@@ -222,7 +223,7 @@ def create_public_app(
                 prices, capacities = {}, {}  # as the reference: an unreachable price query means "disabled"
         enabled = bool(prices)
         entries = []
-        for m in cache.governance_models:
+        for m in cache.governance_models():
             entry: dict[str, Any] = {"id": m.id, "units_of_compute_per_token": m.units_of_compute_per_token,
                                      "price_per_token": m.units_of_compute_per_token * unit}
             if enabled and m.id in prices:
