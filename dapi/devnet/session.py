@@ -1,0 +1,254 @@
+"""``dapi devnet``: the simulated chain, peers and ML nodes plus the real daemon, in one process.
+
+``DevnetSession`` starts a ``Devnet``, writes the daemon config for its own participant, and runs the
+real ``Daemon`` against it over the real wire protocols. ``HealthWatch`` follows the run block by block
+and checks what a participant cares about:
+
+* every epoch was formed;
+* in every PoC, each own ML node followed its allocation: POC_SLOT nodes kept serving inference and got
+  no ``init/generate``, the others mined;
+* every PoC batch the daemon accepted landed on chain, with the ML node's id;
+* ``/v1/models`` equals the effective epoch's model snapshots at every epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dapi.chain.epochs import EpochContext
+from dapi.config import load_config
+from dapi.daemon import Daemon, resolve_identity
+from dapi.devnet.daemon_config import DaemonPorts
+from dapi.devnet.runner import Devnet
+from dapi.devnet.wire.convert import model_to_proto
+from dapi.logs import get_logger
+from dapi.server.common import go_json
+
+log = get_logger(__name__)
+
+
+@dataclass
+class PocCheck:
+    """What one own ML node did during one PoC."""
+
+    epoch: int
+    node_id: str
+    poc_slot: bool
+    init_generate_calls: int = 0
+    state_mid_poc: str = ""
+
+    @property
+    def ok(self) -> bool:
+        if self.poc_slot:
+            return self.init_generate_calls == 0 and self.state_mid_poc == "INFERENCE"
+        return self.init_generate_calls >= 1 and self.state_mid_poc == "POW"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "node_id": self.node_id, "poc_slot": self.poc_slot,
+                "init_generate_calls": self.init_generate_calls, "state_mid_poc": self.state_mid_poc,
+                "ok": self.ok}
+
+
+@dataclass
+class ModelsCheck:
+    epoch: int
+    expected: list[str]
+    served: list[str]
+    equal: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "expected": self.expected, "served": self.served, "equal": self.equal}
+
+
+@dataclass
+class HealthWatch:
+    session: DevnetSession
+    poc: list[PocCheck] = field(default_factory=list)
+    models: list[ModelsCheck] = field(default_factory=list)
+    formed: list[int] = field(default_factory=list)
+    own_batches_on_chain: dict[str, int] = field(default_factory=dict)  # batch_id -> nonces
+    own_batches_without_node: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    async def run(self, epochs: int) -> None:
+        """Watch PoC 1..``epochs`` and the epochs they form, then wait until that many are effective."""
+        devnet = self.session.devnet
+        params = devnet.genesis.epoch_params
+        for epoch in range(1, epochs + 1):
+            ctx = EpochContext(epoch, epoch * params.epoch_length - params.epoch_shift, params)
+            await self._watch_poc(ctx)
+            timeout = max(60.0, 20 * params.epoch_length * devnet.block_time)
+            report = await devnet.wait_for_formed(epoch, timeout=timeout)
+            self.formed.append(report.epoch_index)
+            await devnet.wait_for_height(ctx.set_new_validators + 1, timeout=120)
+            await self._wait_daemon_at(ctx.set_new_validators + 1)
+            await self._check_models(epoch)
+            self._collect_batches(ctx.start_of_poc)
+
+    async def _wait_daemon_at(self, height: int) -> None:
+        view = self.session.daemon.view
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (view.snapshot and view.snapshot.height >= height):
+            if asyncio.get_running_loop().time() > deadline:
+                self.problems.append(f"the daemon did not reach height {height}")
+                return
+            await asyncio.sleep(0.01)
+
+    def _allocation(self, epoch: int) -> dict[str, bool]:
+        """POC_SLOT per own node for the PoC of ``epoch``: set in the group formed for ``epoch - 1``."""
+        devnet = self.session.devnet
+        own = devnet.own
+        report = devnet.report(epoch - 1) if epoch > 1 else None
+        member = report.member(own.address) if report else None
+        marks = {n.node_id: n.poc_slot for n in member.nodes} if member else {}
+        return {node.local_id: marks.get(node.local_id, False) for node in own.nodes}
+
+    async def _watch_poc(self, ctx: EpochContext) -> None:
+        devnet = self.session.devnet
+        await devnet.wait_for_height(ctx.start_of_poc - 1, timeout=120)
+        allocation = self._allocation(ctx.epoch_index)
+        before = {node_id: len(devnet.mlnodes.calls(node_id)) for node_id in allocation}
+        await devnet.wait_for_height(ctx.end_of_poc_generation - 1, timeout=120)
+        mid = {node_id: devnet.mlnodes.node(node_id).state.value for node_id in allocation}
+        await devnet.wait_for_height(ctx.end_of_poc_validation, timeout=120)
+        for node_id, poc_slot in allocation.items():
+            calls = devnet.mlnodes.calls(node_id)[before[node_id]:]
+            generate = sum(1 for c in calls if c.method == "POST" and c.path.endswith("/pow/init/generate"))
+            check = PocCheck(ctx.epoch_index, node_id, poc_slot, generate, mid[node_id])
+            self.poc.append(check)
+            if not check.ok:
+                self.problems.append(f"PoC of epoch {ctx.epoch_index}: node {node_id} did not follow its allocation "
+                                     f"(POC_SLOT={poc_slot}, init/generate calls={generate}, state={mid[node_id]})")
+
+    async def _check_models(self, epoch: int) -> None:
+        groups = self.session.devnet.chain.epoch_groups(epoch)
+        expected: list[dict[str, Any]] = []
+        if groups is not None:
+            _, subgroups = groups
+            expected = [go_json(model_to_proto(g.model_snapshot)) for g in subgroups if g.model_snapshot is not None]
+        async with httpx.AsyncClient(timeout=10) as client:
+            served = (await client.get(self.session.public_url + "/v1/models")).json()["models"]
+        check = ModelsCheck(epoch, [m.get("id", "") for m in expected], [m.get("id", "") for m in served],
+                            served == expected)
+        self.models.append(check)
+        if not check.equal:
+            self.problems.append(f"epoch {epoch}: /v1/models {check.served} differs from the snapshots "
+                                 f"{check.expected}")
+
+    def _collect_batches(self, stage: int) -> None:
+        own = self.session.devnet.own
+        node_ids = {n.local_id for n in own.nodes}
+        for batch in self.session.devnet.chain.batches(stage, participant=own.address):
+            self.own_batches_on_chain[batch.batch_id] = len(batch.nonces)
+            if batch.node_id not in node_ids:
+                self.own_batches_without_node += 1
+
+    async def verdict(self) -> dict[str, Any]:
+        daemon = self.session.daemon
+        accepted = int(daemon.metrics.batches_accepted.labels(kind="generated")._value.get())
+        assert daemon.outbox is not None
+        counts = await daemon.outbox.counts()
+        dead = await daemon.outbox.dead_letters()
+        landed = len(self.own_batches_on_chain)
+        problems = list(self.problems)
+        if landed != accepted:
+            problems.append(f"{accepted} batches accepted but {landed} on chain")
+        if self.own_batches_without_node:
+            problems.append(f"{self.own_batches_without_node} own batches on chain without their ML node id")
+        if dead:
+            problems.append(f"{len(dead)} transactions dead-lettered: "
+                            + "; ".join(f"{d.type_url} code {d.code}: {d.log}" for d in dead[:5]))
+        return {
+            "healthy": not problems,
+            "problems": problems,
+            "epochs_formed": self.formed,
+            "poc": [c.as_json() for c in self.poc],
+            "models": [c.as_json() for c in self.models],
+            "batches": {"accepted": accepted, "landed": landed, "without_node_id": self.own_batches_without_node},
+            "outbox": counts,
+        }
+
+
+class DevnetSession:
+    """Devnet + daemon; ports are the DESIGN.md §4.1 defaults, laid out from ``base_port``, or OS-chosen."""
+
+    def __init__(
+        self,
+        *,
+        participants: int = 3,
+        nodes_per_participant: int = 4,
+        block_time: float = 0.5,
+        ports: DaemonPorts | None = None,
+        devnet_ports: tuple[int, int, int] = (0, 0, 0),  # chain RPC, gRPC, sim ML nodes
+        work_dir: Path | None = None,
+        fast_polling: bool = True,
+    ) -> None:
+        rpc_port, grpc_port, ml_port = devnet_ports
+        self.devnet = Devnet(participants=participants, nodes_per_participant=nodes_per_participant,
+                             block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port, mlnode_port=ml_port)
+        self.ports = ports or DaemonPorts(0, 0, 0)
+        self._work_dir = work_dir
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._fast = fast_polling
+        self.daemon: Daemon
+        self.config_path: Path
+
+    @property
+    def public_url(self) -> str:
+        return self.daemon.servers["public"].url.replace("0.0.0.0", "127.0.0.1")
+
+    @property
+    def ml_url(self) -> str:
+        return self.daemon.servers["ml"].url.replace("0.0.0.0", "127.0.0.1")
+
+    @property
+    def admin_url(self) -> str:
+        return self.daemon.servers["admin"].url
+
+    async def __aenter__(self) -> DevnetSession:
+        if self._work_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dapi-devnet-")
+            self._work_dir = Path(self._tmp.name)
+        await self.devnet.start()
+        try:
+            self.config_path = self._work_dir / "config.yaml"
+            self.devnet.write_daemon_config(self.config_path, ports=self.ports, data_dir=self._work_dir / "data")
+            config = load_config(self.config_path, env={})
+            if self._fast:
+                # Seconds-long timers suit a real chain; the devnet runs an epoch in seconds.
+                config.broker.status_poll_interval = max(0.2, self.devnet.block_time * 4)
+                config.broker.hardware_sync_interval = max(0.2, self.devnet.block_time * 4)
+                config.outbox.poll_interval = max(0.02, self.devnet.block_time / 2)
+            self.daemon = Daemon(config, resolve_identity(config))
+            await self.daemon.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.devnet.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        try:
+            await self.daemon.stop()
+        finally:
+            await self.devnet.stop()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    def ready_info(self) -> dict[str, Any]:
+        return {
+            "event": "ready",
+            "chain_rpc": self.devnet.rpc_url,
+            "chain_grpc": self.devnet.grpc_target,
+            "public_api": self.public_url,
+            "ml_api": self.ml_url,
+            "admin_api": self.admin_url,
+            "account_address": self.devnet.own.address,
+        }
