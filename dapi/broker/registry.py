@@ -1,0 +1,66 @@
+"""The registered nodes: each node's config, state, ML node client and worker, in registration order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from dapi.broker.state import Node, NodeState
+from dapi.broker.worker import NodeWorker
+from dapi.mlnodeclient import MLNodeClient
+
+__all__ = ["NodeEntry", "NodeRegistry"]
+
+
+@dataclass(eq=False, slots=True)
+class NodeEntry:
+    node: Node
+    state: NodeState
+    client: MLNodeClient
+    worker: NodeWorker
+    # Consecutive failed jobs and when the next attempt may start (monotonic clock), for the backoff.
+    failures: int = 0
+    retry_at: float = 0.0
+    # Bumped whenever a job result is applied, so a status poll that started before it knows it is stale.
+    version: int = 0
+    # When the status poller last looked at the node (monotonic clock); None: never.
+    polled_at: float | None = None
+
+
+class NodeRegistry:
+    def __init__(self) -> None:
+        self._entries: dict[str, NodeEntry] = {}
+
+    def __iter__(self) -> Iterator[NodeEntry]:
+        # A copy: callers await inside loops, and a registration meanwhile must not break the iteration.
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._entries
+
+    def get(self, node_id: str) -> NodeEntry | None:
+        return self._entries.get(node_id)
+
+    def is_current(self, entry: NodeEntry) -> bool:
+        """Whether `entry` is still the registered one for its id (not removed or replaced meanwhile)."""
+        return self._entries.get(entry.node.id) is entry
+
+    def add(self, entry: NodeEntry) -> None:
+        if entry.node.id in self._entries:
+            raise ValueError(f"node {entry.node.id!r} is already registered")
+        self._entries[entry.node.id] = entry
+
+    def pop(self, node_id: str) -> NodeEntry | None:
+        return self._entries.pop(node_id, None)
+
+    def by_num(self, node_num: int) -> NodeEntry | None:
+        for entry in self._entries.values():
+            if entry.node.node_num == node_num:
+                return entry
+        return None
+
+    def highest_node_num(self) -> int:
+        return max((e.node.node_num for e in self._entries.values()), default=0)

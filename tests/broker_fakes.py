@@ -1,0 +1,368 @@
+"""Shared helpers of the broker tests: an in-memory chain, a collecting tx sink, a block driver, waits.
+
+The chain side is a fake (the devnet chain is another component); the ML side in these tests is always
+the real SimMLNodeServer on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from dapi.broker import Broker, EpochState, NodeStatus
+from dapi.chain.epochs import Epoch, EpochContext, EpochParams, Phase
+from dapi.chain.errors import ChainNotFound
+from dapi.config import BrokerConfig, NodeConfig
+from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.gen.inference.inference.epoch_group_data_pb2 import EpochGroupData, MLNodeInfo, ValidationWeight
+from dapi.gen.inference.inference.hardware_node_pb2 import HardwareNodes
+from dapi.gen.inference.inference.model_pb2 import Model
+from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
+
+_M = TypeVar("_M", bound=Message)
+
+PARTICIPANT = "gonka1ownparticipantaddressxxxxxxxxxxxxxxx"
+OTHER_PARTICIPANT = "gonka1someoneelsexxxxxxxxxxxxxxxxxxxxxxxxx"
+# Mixed case on purpose: InitDto must carry it lowercased.
+PUBKEY_HEX = "02A1B2C3D4E5F60718293A4B5C6D7E8F90A1B2C3D4E5F60718293A4B5C6D7E8F90"
+CALLBACK_URL = "http://127.0.0.1:9"  # nothing listens: the sim nodes' batch POSTs just fail
+
+MODEL_A = "Qwen/Qwen2.5-7B-Instruct"
+MODEL_B = "Qwen/QwQ-32B"
+
+# Small epochs (the devnet's): PoC generate [P, P+4), wind-down to P+7 (end of generation at P+6),
+# validate [P+7, P+10), wind-down to P+11 = end of validation, set-new-validators at P+13.
+PARAMS = EpochParams(
+    epoch_length=40,
+    epoch_shift=0,
+    poc_stage_duration=6,
+    poc_exchange_duration=2,
+    poc_validation_delay=1,
+    poc_validation_duration=4,
+    set_new_validators_delay=2,
+)
+
+FAST = BrokerConfig(
+    status_poll_interval=0.05,
+    hardware_sync_interval=0.05,
+    job_timeout=5.0,
+    retry_backoff_max=0.05,
+)
+
+
+def block_hash(height: int) -> str:
+    return hashlib.sha256(f"block-{height}".encode()).hexdigest().upper()
+
+
+def gov_model(model_id: str, args: Sequence[str] = (), **extra: Any) -> Model:
+    return Model(id=model_id, model_args=list(args), proposed_by="gov", units_of_compute_per_token=100, **extra)
+
+
+def ml_node(node_id: str, pre_poc: bool = True, poc_slot: bool = False, weight: int = 10) -> MLNodeInfo:
+    return MLNodeInfo(node_id=node_id, poc_weight=weight, timeslot_allocation=[pre_poc, poc_slot])
+
+
+class FakeChain:
+    """An in-memory BrokerChain: governance models, epoch groups, hardware nodes, block hashes.
+
+    `calls` counts every query by method name; `failures[method]` holds exceptions raised (and consumed)
+    by the next calls of that method.
+    """
+
+    def __init__(self, governance: Iterable[Model] = ()) -> None:
+        self.governance: list[Model] = list(governance)
+        self.groups: dict[tuple[int, str], EpochGroupData] = {}
+        self.current_epoch = 0
+        self.hardware: dict[str, HardwareNodes] = {}
+        self.calls: Counter[str] = Counter()
+        self.failures: dict[str, list[Exception]] = {}
+
+    def _enter(self, method: str) -> None:
+        self.calls[method] += 1
+        pending = self.failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def fail_next(self, method: str, *errors: Exception) -> None:
+        self.failures.setdefault(method, []).extend(errors)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    # --- BrokerChain ---
+
+    async def models_all(self) -> list[Model]:
+        self._enter("models_all")
+        return [_copy(m) for m in self.governance]
+
+    async def epoch_group_data(self, epoch_index: int, model_id: str = "") -> EpochGroupData:
+        self._enter("epoch_group_data")
+        group = self.groups.get((epoch_index, model_id))
+        if group is None:
+            raise ChainNotFound(f"epoch group {epoch_index}/{model_id!r} not found")
+        return _copy(group)
+
+    async def current_epoch_group_data(self) -> EpochGroupData:
+        self._enter("current_epoch_group_data")
+        group = self.groups.get((self.current_epoch, ""))
+        return _copy(group) if group is not None else EpochGroupData()
+
+    async def hardware_nodes(self, participant: str) -> HardwareNodes:
+        self._enter("hardware_nodes")
+        return _copy(self.hardware.get(participant, HardwareNodes(participant=participant)))
+
+    async def block_hash(self, height: int) -> str:
+        self._enter("block_hash")
+        return block_hash(height)
+
+    # --- building chain state ---
+
+    def empty_epoch(self, epoch_index: int, price: int = 0) -> None:
+        """The parent group the chain creates at an epoch's PoC start: no sub-groups yet."""
+        self.groups.setdefault((epoch_index, ""), EpochGroupData(epoch_index=epoch_index, unit_of_compute_price=price))
+
+    def form_epoch(
+        self,
+        epoch_index: int,
+        own: Mapping[str, Sequence[MLNodeInfo]],
+        *,
+        others: Mapping[str, Mapping[str, Sequence[MLNodeInfo]]] | None = None,
+        price: int = 1000,
+    ) -> None:
+        """Sub-groups per model: `own` maps model id → the own participant's ML nodes in it."""
+        members: dict[str, dict[str, Sequence[MLNodeInfo]]] = {}
+        for model_id, nodes in own.items():
+            members.setdefault(model_id, {})[PARTICIPANT] = nodes
+        for participant, per_model in (others or {}).items():
+            for model_id, nodes in per_model.items():
+                members.setdefault(model_id, {})[participant] = nodes
+        gov = {m.id: m for m in self.governance}
+        for model_id, by_member in members.items():
+            self.groups[(epoch_index, model_id)] = EpochGroupData(
+                epoch_index=epoch_index,
+                model_id=model_id,
+                model_snapshot=gov.get(model_id, Model(id=model_id)),
+                validation_weights=[
+                    ValidationWeight(member_address=p, weight=10, ml_nodes=list(n)) for p, n in by_member.items()
+                ],
+            )
+        self.groups[(epoch_index, "")] = EpochGroupData(
+            epoch_index=epoch_index, unit_of_compute_price=price, sub_group_models=list(members)
+        )
+
+    def apply_hardware_diff(self, msg: MsgSubmitHardwareDiff) -> None:
+        """What the chain does with an accepted diff: remove by local_id, then upsert, sorted by local_id."""
+        current = {n.local_id: n for n in self.hardware.get(msg.creator, HardwareNodes()).hardware_nodes}
+        for node in msg.removed:
+            current.pop(node.local_id, None)
+        for node in msg.newOrModified:
+            current[node.local_id] = node
+        self.hardware[msg.creator] = HardwareNodes(
+            participant=msg.creator, hardware_nodes=[current[k] for k in sorted(current)]
+        )
+
+
+def _copy(msg: _M) -> _M:
+    clone = type(msg)()
+    clone.CopyFrom(msg)
+    return clone
+
+
+@dataclass
+class ListTxSink:
+    msgs: list[Message] = field(default_factory=list)
+    chain: FakeChain | None = None
+
+    async def submit(self, msg: Message) -> None:
+        self.msgs.append(msg)
+        if self.chain is not None and isinstance(msg, MsgSubmitHardwareDiff):
+            self.chain.apply_hardware_diff(msg)
+
+
+async def wait_for(
+    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll `condition` until true; fail after a generous timeout (never an assertion about speed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def sim_node_config(
+    sim: SimMLNodeServer,
+    name: str,
+    models: Mapping[str, Sequence[str]] | None = None,
+    *,
+    max_concurrent: int = 10,
+    version: str = "",
+    hardware: Sequence[tuple[str, int]] = (("H100", 8),),
+) -> NodeConfig:
+    """A node entry for simulated node `name` (added to the sim if it is not there yet)."""
+    if sim.find_node(name) is None:
+        sim.add_node(name)
+    segment = sim.segment(name)
+    return NodeConfig(
+        id=name,
+        host=sim.host,
+        poc_port=sim.port,
+        poc_segment=segment,
+        inference_port=sim.port,
+        inference_segment=segment,
+        max_concurrent=max_concurrent,
+        models={m: {"args": list(a)} for m, a in (models if models is not None else {MODEL_A: []}).items()},
+        hardware=[{"type": t, "count": c} for t, c in hardware],
+        version=version,
+    )
+
+
+def make_broker(
+    chain: FakeChain,
+    data_dir: Path,
+    *,
+    settings: BrokerConfig = FAST,
+    tx_sink: ListTxSink | None = None,
+    **kwargs: Any,
+) -> Broker:
+    kwargs.setdefault("reconcile_interval", 0.05)
+    kwargs.setdefault("retry_backoff_base", 0.01)
+    return Broker(
+        chain=chain,
+        participant_address=PARTICIPANT,
+        participant_pubkey_hex=PUBKEY_HEX,
+        poc_callback_url=CALLBACK_URL,
+        settings=settings,
+        data_dir=data_dir,
+        tx_sink=tx_sink,
+        **kwargs,
+    )
+
+
+def paths(sim: SimMLNodeServer, name: str, path: str) -> int:
+    """How many calls simulated node `name` received on `path` (relative to its segment)."""
+    return sum(1 for c in sim.calls(name) if c.path == path)
+
+
+STOP = "/api/v1/stop"
+INIT_GENERATE = "/api/v1/pow/init/generate"
+INIT_VALIDATE = "/api/v1/pow/init/validate"
+INFERENCE_UP = "/api/v1/inference/up"
+
+
+def ml_calls(sim: SimMLNodeServer, name: str) -> dict[str, int]:
+    """Counts of the four state-changing calls a node received."""
+    return {
+        "stop": paths(sim, name, STOP),
+        "init_generate": paths(sim, name, INIT_GENERATE),
+        "init_validate": paths(sim, name, INIT_VALIDATE),
+        "inference_up": paths(sim, name, INFERENCE_UP),
+    }
+
+
+def status_of(broker: Broker, node_id: str) -> tuple[NodeStatus, NodeStatus]:
+    view = broker.node(node_id)
+    assert view is not None
+    return view.state.intended_status, view.state.current_status
+
+
+async def settle(broker: Broker, *, timeout: float = 10.0) -> None:
+    """Run a reconcile pass and wait until no node has a job in flight."""
+    await broker.reconcile_now()
+    await wait_for(
+        lambda: all(r.state.reconcile_info is None for r in broker.nodes()), timeout=timeout, what="jobs to finish"
+    )
+
+
+class BlockDriver:
+    """Plays the chain and the block dispatcher (reference/chain-io.md §2.5-§2.8) for the broker.
+
+    Per height: the chain's EndBlock stages (formation of the upcoming epoch at the end of its
+    validation, switch of the effective epoch at set-new-validators, a new epoch at PoC start), then what
+    the dispatcher does: set the epoch state, update epoch data (a failure skips the transitions), the
+    stage transitions, and the periodic phase command. `formation(epoch_index)` gives the own nodes'
+    allocation of a forming epoch (model id → ML nodes).
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        chain: FakeChain,
+        formation: Callable[[int], Mapping[str, Sequence[MLNodeInfo]]],
+        *,
+        params: EpochParams = PARAMS,
+        settle_each_block: bool = True,
+    ) -> None:
+        self.broker = broker
+        self.chain = chain
+        self.formation = formation
+        self.params = params
+        self.settle_each_block = settle_each_block
+        self.latest = Epoch(0, 0)
+        self.height = 0
+        self.epoch_data_errors = 0
+        chain.empty_epoch(0)
+
+    @property
+    def context(self) -> EpochContext:
+        return EpochContext.for_epoch(self.latest, self.params)
+
+    def phase(self) -> Phase:
+        return self.context.phase_at(self.height)
+
+    async def block(self) -> None:
+        self.height += 1
+        h = self.height
+        ctx = self.context
+        if ctx.is_end_of_poc_validation(h):
+            self.chain.form_epoch(ctx.epoch_index, self.formation(ctx.epoch_index))
+        if ctx.is_set_new_validators(h):
+            self.chain.current_epoch = ctx.epoch_index
+        if ctx.is_next_poc_start(h):
+            self.latest = Epoch(ctx.epoch_index + 1, h)
+            self.chain.empty_epoch(self.latest.index)
+        ctx = self.context
+        state = EpochState.at_height(self.latest, self.params, h, block_hash=block_hash(h))
+        self.broker.set_epoch_state(state)
+        try:
+            await self.broker.update_epoch_data()
+        except Exception:
+            self.epoch_data_errors += 1
+        else:
+            if ctx.is_end_of_poc_generation(h):
+                self.broker.init_validate()
+            if ctx.is_end_of_poc_validation(h):
+                self.broker.inference_up_all()
+        if state.phase is Phase.POC_GENERATE:
+            self.broker.start_poc()
+        elif state.phase is Phase.POC_VALIDATE:
+            self.broker.init_validate()
+        elif state.phase is Phase.INFERENCE:
+            self.broker.inference_up_all()
+        if self.settle_each_block:
+            await settle(self.broker)
+
+    async def run_to(self, height: int) -> None:
+        while self.height < height:
+            await self.block()
+
+    async def run_until_phase(self, phase: Phase) -> None:
+        while True:
+            await self.block()
+            if self.phase() is phase:
+                return

@@ -1,0 +1,290 @@
+"""Whole epochs through the broker: the reference's integration scenarios (reference/broker.md §7.5) and the
+POC_SLOT schedule, with a fake chain, a block driver playing the dispatcher, and simulated ML nodes.
+
+Heights (tests/broker_fakes.PARAMS): epoch 1's PoC starts at 40, generation ends at 46 (InitValidate),
+validation ends at 51 (the epoch is formed, InferenceUpAll), set-new-validators at 53; epoch 2 at 80.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from broker_fakes import (
+    INIT_GENERATE,
+    INIT_VALIDATE,
+    MODEL_A,
+    MODEL_B,
+    PUBKEY_HEX,
+    BlockDriver,
+    FakeChain,
+    block_hash,
+    gov_model,
+    make_broker,
+    ml_calls,
+    ml_node,
+    settle,
+    sim_node_config,
+    status_of,
+    wait_for,
+)
+
+from dapi.broker import Broker, NodeStatus, NoNodeAvailable, PocStatus
+from dapi.chain.epochs import Phase
+from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
+
+Allocation = Mapping[str, Sequence[MLNodeInfo]]
+
+EPOCH1_POC = 40
+EPOCH1_END_OF_GENERATION = 46
+EPOCH1_END_OF_VALIDATION = 51
+EPOCH2_POC = 80
+EPOCH2_END_OF_GENERATION = 86
+EPOCH2_END_OF_VALIDATION = 91
+
+
+@dataclass
+class Env:
+    broker: Broker
+    chain: FakeChain
+    sim: SimMLNodeServer
+    formations: dict[int, Allocation]
+
+    def driver(self) -> BlockDriver:
+        return BlockDriver(self.broker, self.chain, self._formation)
+
+    def _formation(self, epoch_index: int) -> Allocation:
+        if epoch_index in self.formations:
+            return self.formations[epoch_index]
+        # Default: every registered node serves its first configured model, no POC_SLOT.
+        allocation: dict[str, list[MLNodeInfo]] = {}
+        for view in self.broker.nodes():
+            model = next(iter(view.node.config.models))
+            allocation.setdefault(model, []).append(ml_node(view.node.id))
+        return allocation
+
+    async def register(self, *names: str, models: Mapping[str, Sequence[str]] | None = None) -> None:
+        results = await self.broker.register_many([sim_node_config(self.sim, n, models) for n in names])
+        assert all(not isinstance(r, Exception) for r in results), results
+
+    def calls(self, name: str) -> dict[str, int]:
+        return ml_calls(self.sim, name)
+
+    def clear_calls(self) -> None:
+        for node in self.sim.nodes:
+            self.sim.clear_calls(node.name)
+
+    def state(self, name: str) -> tuple[NodeStatus, NodeStatus, PocStatus]:
+        view = self.broker.node(name)
+        assert view is not None
+        return view.state.intended_status, view.state.current_status, view.state.poc_current_status
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    chain = FakeChain([gov_model(MODEL_A, ["--quantization", "fp8"]), gov_model(MODEL_B, ["--max-model-len", "4096"])])
+    async with SimMLNodeServer(batch_interval=0.05) as sim:
+        broker = make_broker(chain, tmp_path)
+        async with broker:
+            yield Env(broker, chain, sim, {})
+
+
+async def wait_polled(env: Env, *names: str) -> None:
+    await wait_for(
+        lambda: all(status_of(env.broker, n)[1] is NodeStatus.STOPPED for n in names), what="first status poll"
+    )
+
+
+# --- reference/broker.md §7.5 ----------------------------------------------------------------------
+
+
+async def test_inference_reconciliation(env: Env) -> None:
+    """TestInferenceReconciliation: registered nodes are STOPPED/UNKNOWN; Inference blocks bring them up."""
+    await env.register("node-1", "node-2")
+    await wait_polled(env, "node-1", "node-2")
+    assert status_of(env.broker, "node-1") == (NodeStatus.UNKNOWN, NodeStatus.STOPPED)
+    await env.driver().run_to(5)
+    for name in ("node-1", "node-2"):
+        assert status_of(env.broker, name) == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+        assert env.calls(name) == {"stop": 1, "init_generate": 0, "init_validate": 0, "inference_up": 1}
+        # Epoch 0 has no allocation: the configured governance model is served (fix 2's fallback).
+        assert (env.sim.node(name).model, env.sim.node(name).args) == (MODEL_A, ["--quantization", "fp8"])
+
+
+async def test_regular_poc_cycle(env: Env) -> None:
+    """TestRegularPocScenario: Stop 2 / InitGenerate 1 at PoC start; InitValidate 1 without a Stop;
+    Stop 3 / InferenceUp 2 after validation; both nodes got the same height and hash."""
+    await env.register("node-1", "node-2")
+    driver = env.driver()
+    await driver.run_to(EPOCH1_POC - 1)
+    await driver.run_to(EPOCH1_POC)
+    for name in ("node-1", "node-2"):
+        assert env.state(name) == (NodeStatus.POC, NodeStatus.POC, PocStatus.GENERATING)
+        assert env.calls(name) == {"stop": 2, "init_generate": 1, "init_validate": 0, "inference_up": 1}
+    await driver.run_to(EPOCH1_END_OF_GENERATION)
+    for name in ("node-1", "node-2"):
+        assert env.state(name) == (NodeStatus.POC, NodeStatus.POC, PocStatus.VALIDATING)
+        assert env.calls(name) == {"stop": 2, "init_generate": 1, "init_validate": 1, "inference_up": 1}
+    assert [h.node.id for h in env.broker.validating_nodes()] == ["node-1", "node-2"]
+    await driver.run_to(EPOCH1_END_OF_VALIDATION)
+    for name in ("node-1", "node-2"):
+        assert env.state(name) == (NodeStatus.INFERENCE, NodeStatus.INFERENCE, PocStatus.IDLE)
+        assert env.calls(name) == {"stop": 3, "init_generate": 1, "init_validate": 1, "inference_up": 2}
+    dtos = [
+        c.json for name in ("node-1", "node-2") for c in env.sim.calls(name) if c.path in (INIT_GENERATE, INIT_VALIDATE)
+    ]
+    assert {(d["block_height"], d["block_hash"], d["public_key"]) for d in dtos} == {
+        (EPOCH1_POC, block_hash(EPOCH1_POC), PUBKEY_HEX.lower())
+    }
+    assert sorted((d["node_id"], d["node_count"]) for d in dtos) == [(1, 3), (1, 3), (2, 3), (2, 3)]
+    # The next epoch runs the same way with the new epoch's data.
+    await driver.run_to(EPOCH2_END_OF_VALIDATION)
+    for name in ("node-1", "node-2"):
+        assert env.calls(name) == {"stop": 5, "init_generate": 2, "init_validate": 2, "inference_up": 3}
+    assert driver.epoch_data_errors == 0
+    assert env.broker.metrics().nodes_by_status["INFERENCE"] == 2
+
+
+async def test_node_disable_scenario(env: Env) -> None:
+    """TestNodeDisableScenario: a node disabled in epoch 0 serves to the end of epoch 0, then is stopped
+    and sits out epoch 1's PoC entirely; the other node does the full cycle."""
+    await env.register("node-1", "node-2")
+    driver = env.driver()
+    await driver.run_to(10)
+    env.broker.set_admin_state("node-2", False)
+    await driver.run_to(EPOCH1_POC - 1)
+    assert env.state("node-2")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)  # not yet
+    env.clear_calls()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 3)
+    assert env.calls("node-2") == {"stop": 1, "init_generate": 0, "init_validate": 0, "inference_up": 0}
+    assert env.state("node-2")[:2] == (NodeStatus.STOPPED, NodeStatus.STOPPED)
+    assert env.calls("node-1") == {"stop": 2, "init_generate": 1, "init_validate": 1, "inference_up": 1}
+    assert env.state("node-1")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+
+
+async def test_node_enable_scenario(env: Env) -> None:
+    """TestNodeEnableScenario: re-enabled during Inference it serves at once and joins the next PoC."""
+    await env.register("node-1", "node-2")
+    driver = env.driver()
+    await driver.run_to(5)
+    env.broker.set_admin_state("node-2", False)
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 1)
+    assert env.state("node-2")[:2] == (NodeStatus.STOPPED, NodeStatus.STOPPED)
+    env.broker.set_admin_state("node-2", True)  # epoch 1, Inference phase
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 2)
+    assert env.state("node-2")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    env.clear_calls()
+    await driver.run_to(EPOCH2_POC)
+    assert env.state("node-2") == (NodeStatus.POC, NodeStatus.POC, PocStatus.GENERATING)
+    assert env.calls("node-2")["init_generate"] == 1
+
+
+async def test_poc_retry(env: Env) -> None:
+    """TestPoCRetry: init/generate fails → FAILED, retried until the fault clears, then POC/GENERATING;
+    no Stop since the node stays STOPPED."""
+    await env.register("node-1")
+    await wait_polled(env, "node-1")
+    env.sim.set_fault("node-1", status=500, path_prefix=INIT_GENERATE, count=3)
+    driver = env.driver()
+    driver.height = EPOCH1_POC - 1  # start right before the PoC, the node idle
+    await driver.run_to(EPOCH1_POC)
+    await wait_for(lambda: env.state("node-1")[1] is NodeStatus.POC, what="a successful retry")
+    assert env.state("node-1") == (NodeStatus.POC, NodeStatus.POC, PocStatus.GENERATING)
+    assert env.calls("node-1") == {"stop": 0, "init_generate": 4, "init_validate": 0, "inference_up": 0}
+    view = env.broker.node("node-1")
+    assert view is not None and view.state.failure_reason == ""
+    assert env.broker.metrics().jobs_failed == 3
+
+
+# --- POC_SLOT ---------------------------------------------------------------------------------------
+
+
+async def test_poc_slot_node_keeps_serving_while_its_sibling_mines(env: Env) -> None:
+    await env.register("slot", "miner")
+    env.formations[1] = {MODEL_A: [ml_node("slot", True, True), ml_node("miner", True, False)]}
+    driver = env.driver()
+    await driver.run_to(EPOCH2_POC - 1)
+    env.clear_calls()
+    await driver.run_to(EPOCH2_POC)
+    assert env.state("slot")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    assert env.state("miner") == (NodeStatus.POC, NodeStatus.POC, PocStatus.GENERATING)
+    # Still taking requests during PoC.
+    assert env.broker.lock_node(MODEL_A).id == "slot"
+    with pytest.raises(NoNodeAvailable):  # max_concurrent 10, but the miner is not serving
+        for _ in range(11):
+            env.broker.lock_node(MODEL_A)
+    await driver.run_to(EPOCH2_END_OF_GENERATION + 2)  # into validation
+    assert driver.phase() is Phase.POC_VALIDATE
+    assert env.state("slot")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    assert [h.node.id for h in env.broker.validating_nodes()] == ["miner"]
+    assert env.calls("slot") == {"stop": 0, "init_generate": 0, "init_validate": 0, "inference_up": 0}
+    assert env.calls("miner") == {"stop": 1, "init_generate": 1, "init_validate": 1, "inference_up": 0}
+    await driver.run_to(EPOCH2_END_OF_VALIDATION)
+    assert env.state("miner")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    assert env.calls("slot") == {"stop": 0, "init_generate": 0, "init_validate": 0, "inference_up": 0}
+
+
+async def test_poc_slot_in_one_model_of_several_keeps_the_node_serving(env: Env) -> None:
+    await env.register("multi", models={MODEL_A: [], MODEL_B: []})
+    await env.register("plain")
+    env.formations[1] = {
+        MODEL_A: [ml_node("multi", True, False), ml_node("plain", True, False)],
+        MODEL_B: [ml_node("multi", False, True)],
+    }
+    driver = env.driver()
+    await driver.run_to(EPOCH2_POC - 1)
+    assert env.sim.node("multi").model == MODEL_A  # its PRE_POC_SLOT model
+    env.clear_calls()
+    await driver.run_to(EPOCH2_END_OF_GENERATION + 2)
+    assert env.state("multi")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    assert env.calls("multi") == {"stop": 0, "init_generate": 0, "init_validate": 0, "inference_up": 0}
+    assert env.state("plain") == (NodeStatus.POC, NodeStatus.POC, PocStatus.VALIDATING)
+    assert env.broker.lock_node(MODEL_A).id == "multi"
+
+
+async def test_admin_disabled_beats_poc_slot(env: Env) -> None:
+    await env.register("slot", "other")
+    env.formations[1] = {MODEL_A: [ml_node("slot", True, True), ml_node("other", True, False)]}
+    driver = env.driver()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 5)
+    env.broker.set_admin_state("slot", False)  # in epoch 1: applies from epoch 2's PoC
+    env.clear_calls()
+    await driver.run_to(EPOCH2_POC)
+    assert env.state("slot")[:2] == (NodeStatus.STOPPED, NodeStatus.STOPPED)
+    assert env.calls("slot") == {"stop": 1, "init_generate": 0, "init_validate": 0, "inference_up": 0}
+    assert env.sim.node("slot").inference_ready is False
+
+
+async def test_after_validation_every_node_loads_its_pre_poc_slot_model_with_merged_args(env: Env) -> None:
+    await env.register("n1", models={MODEL_A: ["--tp", "4"], MODEL_B: ["--max-model-len", "8192", "--tp", "2"]})
+    await env.register("n2", models={MODEL_A: ["--quantization", "awq", "--kv-cache-dtype", "fp8"]})
+    env.formations[1] = {
+        MODEL_A: [ml_node("n1", False, True), ml_node("n2", True, False)],
+        MODEL_B: [ml_node("n1", True, False)],
+    }
+    driver = env.driver()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION)
+    n1, n2 = env.sim.node("n1"), env.sim.node("n2")
+    # Governance/epoch args win per flag; local flags the epoch lacks are appended.
+    assert (n1.model, n1.args) == (MODEL_B, ["--max-model-len", "4096", "--tp", "2"])
+    assert (n2.model, n2.args) == (MODEL_A, ["--quantization", "fp8", "--kv-cache-dtype", "fp8"])
+    assert env.broker.lock_node(MODEL_B).id == "n1"
+    assert env.broker.lock_node(MODEL_A).id == "n2"
+
+
+async def test_a_node_registered_mid_epoch_without_epoch_models_serves_its_configured_model(env: Env) -> None:
+    await env.register("n1")
+    driver = env.driver()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 3)
+    await env.register("late", models={MODEL_B: ["--enforce-eager"]})
+    view = env.broker.node("late")
+    assert view is not None and view.state.epoch_models == {}
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 4)
+    assert env.state("late")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
+    late = env.sim.node("late")
+    assert (late.model, late.args) == (MODEL_B, ["--max-model-len", "4096", "--enforce-eager"])
+    assert env.broker.lock_node(MODEL_B).id == "late"
+    await settle(env.broker)
