@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 from dapi.broker.errors import BrokerError
+from dapi.jsonfile import write_json_atomic
 
 __all__ = ["FILE_NAME", "NodeNumStoreError", "NodeNumbers"]
 
@@ -71,7 +70,7 @@ class NodeNumbers:
             self._dirty = False
             payload = {"version": _FORMAT_VERSION, "highest": self._max, "nodes": dict(self._nums)}
             try:
-                await asyncio.to_thread(_write_atomic, self.path, payload)
+                await asyncio.to_thread(write_json_atomic, self.path, payload)
             except BaseException:
                 self._dirty = True
                 raise
@@ -92,19 +91,3 @@ def _read(path: Path) -> tuple[dict[str, int], int] | None:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NodeNumStoreError(f"{path} is not a NodeNum file ({exc}); fix or remove it") from exc
     return nums, highest
-
-
-def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(payload, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    # The rename itself is durable only once the directory entry is flushed.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 
 from dapi.chain.epochs import Epoch, EpochContext, EpochParams, Phase
+from dapi.chain.gojson import go_json
 from dapi.config import NodeConfig
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
 from dapi.gen.inference.inference.model_pb2 import Model
@@ -31,7 +32,6 @@ __all__ = [
     "NodeStatus",
     "PocStatus",
     "ReconcileInfo",
-    "gogo_json",
     "node_response_json",
     "rfc3339nano",
 ]
@@ -200,23 +200,6 @@ class EpochState:
         return self.latest_epoch_index - 1
 
 
-def gogo_json(msg: Message) -> dict[str, Any]:
-    """A chain message as the reference's Go JSON encodes gogoproto structs (reference/http.md §0.2).
-
-    Zero, empty and false fields are omitted, 64-bit integers and enums stay numbers, fields appear in
-    field-number order; that is exactly what `ListFields` yields for proto3 messages.
-    """
-    out: dict[str, Any] = {}
-    for fd, value in msg.ListFields():
-        if fd.message_type is not None:
-            out[fd.name] = [gogo_json(v) for v in value] if fd.is_repeated else gogo_json(value)
-        elif fd.is_repeated:
-            out[fd.name] = list(value)
-        else:
-            out[fd.name] = value
-    return out
-
-
 def rfc3339nano(ts: datetime) -> str:
     """Go's time.RFC3339Nano in UTC: fraction digits only as many as needed, none for whole seconds."""
     ts = ts.astimezone(UTC)
@@ -245,8 +228,8 @@ def node_response_json(response: NodeResponse) -> dict[str, Any]:
             "failure_reason": st.failure_reason,
             "status_timestamp": rfc3339nano(st.status_timestamp),
             "admin_state": {"enabled": st.admin_state.enabled, "epoch": st.admin_state.epoch},
-            "epoch_models": {k: gogo_json(v) for k, v in st.epoch_models.items()},
-            "epoch_ml_nodes": {k: gogo_json(v) for k, v in st.epoch_ml_nodes.items()},
+            "epoch_models": {k: go_json(v) for k, v in st.epoch_models.items()},
+            "epoch_ml_nodes": {k: go_json(v) for k, v in st.epoch_ml_nodes.items()},
         }
     )
     return {"node": response.node.to_json(), "state": state}

@@ -18,8 +18,8 @@ from google.protobuf.message import Message
 
 from dapi.chain.keys import SigningKey
 from dapi.gen.inference.inference.tx_pb2 import MsgClaimRewards, MsgSubmitSeed
+from dapi.jsonfile import load_json, save_json
 from dapi.logs import get_logger
-from dapi.util_files import load_json, save_json
 
 log = get_logger(__name__)
 

@@ -7,23 +7,23 @@ message naming the problem, never 500.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dapi.chain.gojson import go_json
 from dapi.logs import get_logger
 
 log = get_logger(__name__)
+
+__all__ = ["ApiError", "BodyLimit", "error_responses", "go_json", "install_error_handlers", "json_bytes"]
 
 
 class ApiError(Exception):
@@ -157,29 +157,6 @@ def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
             raise ApiError(401, "Authorization is required")
 
     return check
-
-
-# -- Go-style JSON of chain messages ------------------------------------------------------------------
-# The reference encodes gogoproto structs with encoding/json: zero values omitted, 64-bit integers as
-# JSON numbers (not protojson strings), enums as numbers, bytes as base64.
-
-
-def _scalar(field: FieldDescriptor, value: Any) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return go_json(value)
-    if field.type == FieldDescriptor.TYPE_BYTES:
-        return base64.b64encode(value).decode()
-    return value
-
-
-def go_json(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field, value in message.ListFields():
-        if field.is_repeated:
-            out[field.name] = [_scalar(field, v) for v in value]
-        else:
-            out[field.name] = _scalar(field, value)
-    return out
 
 
 def json_bytes(document: Any) -> bytes:

@@ -10,19 +10,25 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def write_json_atomic(path: Path, document: Any, *, indent: int = 2) -> None:
+    """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
+            json.dump(document, handle, indent=indent, sort_keys=True)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # The rename itself is durable only once the directory entry is flushed.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def read_json(path: Path) -> Any | None:
