@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,10 @@ class Dispatcher:
         self._last_command_time = clock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.transitions: list[tuple[int, str]] = []  # (height, what), for status and tests
+        # (height, phase, replayed) of the last blocks processed, oldest first.
+        self.recent: deque[tuple[int, Phase, bool]] = deque(maxlen=2000)
+        # (height, command, accepted) of the broker phase commands issued at boundaries.
+        self.commands: deque[tuple[int, str, bool]] = deque(maxlen=2000)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -107,6 +112,7 @@ class Dispatcher:
         snapshot = ChainSnapshot(height=block.height, block_hash=block.hash, latest_epoch=latest,
                                  params=info.params, epoch_params=params, synced=synced)
         self._view.update(snapshot)
+        self.recent.append((block.height, snapshot.phase, replayed))
         bind_context(epoch=latest.index)
         if self._metrics is not None:
             self._metrics.blocks_processed.inc()
@@ -131,14 +137,14 @@ class Dispatcher:
             return  # the periodic StartPoc of this very block starts the ML nodes
         if ctx.is_end_of_poc_generation(h):
             self._note(h, "end of PoC generation")
-            self._broker.init_validate()
+            self._command(h, "InitValidate", self._broker.init_validate().accepted)
         if ctx.is_start_of_poc_validation(h):
             self._note(h, "start of PoC validation")
-            if self._validator is not None:
+            if self._validator is not None and await self._validation_window_open(ctx, replayed):
                 self._spawn("validate-batches", self._validator.validate_stage(ctx.start_of_poc))
         if ctx.is_end_of_poc_validation(h):
             self._note(h, "end of PoC validation")
-            self._broker.inference_up_all()
+            self._command(h, "InferenceUpAll", self._broker.inference_up_all().accepted)
         if ctx.is_set_new_validators(h):
             self._note(h, "set new validators")
             if self._seeds is not None:
@@ -147,6 +153,20 @@ class Dispatcher:
             self._note(h, "claim money")
             if self._seeds is not None:
                 await self._seeds.claim()
+
+    async def _validation_window_open(self, ctx: EpochContext, replayed: bool) -> bool:
+        """A replayed start of validation whose window has closed at the tip would only yield rejected txs."""
+        if not replayed:
+            return True
+        tip = (await self._rpc.status()).latest_block_height
+        if tip >= ctx.validation_exchange_window.end:
+            log.warning("validation window already closed at the chain tip; not validating this stage",
+                        poc_start=ctx.start_of_poc, window_end=ctx.validation_exchange_window.end, tip=tip)
+            return False
+        return True
+
+    def _command(self, height: int, name: str, accepted: bool) -> None:
+        self.commands.append((height, name, accepted))
 
     def _note(self, height: int, what: str) -> None:
         self.transitions.append((height, what))
