@@ -1,0 +1,181 @@
+"""`dapi devnet --no-daemon --write-config PATH`: the devnet without the daemon (DESIGN.md §4.1).
+
+Runs the simulated chain, its peers and the own participant's simulated ML nodes, writes a complete
+daemon config (with `signer.key` beside it) for a separately started `dapi run --config PATH`, prints
+the ready line, and runs until SIGINT/SIGTERM (exit 0), or with `--epochs K` until epoch K is effective
+(exit 0 if every epoch formed with members and no peer tx failed, else 1).
+
+Ports: the defaults of DESIGN.md §4.1 (chain RPC 26657, gRPC 9090, sim ML nodes 8080; the daemon's
+9000/9100/9200 go into the config), `--base-port P` lays them out from P (see PortLayout.from_base),
+and `--base-port 0` lets the OS choose every port (the daemon's are probed free ones).
+
+`dapi.cli` wires `run_no_daemon` into `dapi devnet`; `python -m dapi.devnet.cli devnet --no-daemon ...`
+runs it directly until then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from dapi.devnet.daemon_config import DaemonPorts, PortLayout
+from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
+from dapi.devnet.runner import Devnet
+from dapi.logs import configure_logging
+
+__all__ = ["main", "run_no_daemon"]
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    # Probed, then released: another process could take it before the daemon binds, which is the
+    # price of letting the OS choose ports for a process that is not started yet.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _layout(base_port: int | None) -> PortLayout:
+    if base_port is None:
+        return PortLayout.defaults()
+    if base_port == 0:
+        return PortLayout(DaemonPorts(_free_port(), _free_port(), _free_port()), chain_rpc=0, chain_grpc=0, mlnodes=0)
+    return PortLayout.from_base(base_port)
+
+
+class _Output:
+    def __init__(self, json_mode: bool) -> None:
+        self.json_mode = json_mode
+
+    def event(self, payload: dict[str, Any], text: str) -> None:
+        print(json.dumps(payload) if self.json_mode else text, flush=True)
+
+
+async def run_no_daemon(args: argparse.Namespace) -> int:
+    """The `dapi devnet --no-daemon --write-config PATH` command; returns the exit code."""
+    if not getattr(args, "write_config", None):
+        print("dapi devnet --no-daemon: --write-config PATH is required", file=sys.stderr)
+        return 2
+    if not structlog.is_configured():
+        configure_logging()  # logs go to stderr; stdout carries only the ready/epoch/summary lines
+    out = _Output(bool(getattr(args, "json", False)))
+    try:
+        genesis = load_genesis(
+            DEFAULT_GENESIS_PATH if DEFAULT_GENESIS_PATH.exists() else None,
+            participants=getattr(args, "participants", None),
+            nodes_per_participant=getattr(args, "nodes_per_participant", None),
+            block_time=getattr(args, "block_time", None),
+        )
+        layout = _layout(getattr(args, "base_port", None))
+    except (GenesisError, ValueError) as exc:
+        print(f"dapi devnet: {exc}", file=sys.stderr)
+        return 2
+    if len(genesis.participants) < 2:
+        print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
+        return 2
+
+    devnet = Devnet(genesis, rpc_port=layout.chain_rpc, grpc_port=layout.chain_grpc, mlnode_port=layout.mlnodes)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
+            pass
+    try:
+        try:
+            await devnet.start()
+        except OSError as exc:
+            print(f"dapi devnet: cannot start the devnet: {exc}", file=sys.stderr)
+            return 1
+        try:
+            try:
+                files = devnet.write_daemon_config(args.write_config, ports=layout.daemon)
+            except OSError as exc:
+                print(f"dapi devnet: cannot write {args.write_config}: {exc}", file=sys.stderr)
+                return 1
+            ready = {**devnet.ready_info(layout.daemon), "config": str(files.config)}
+            out.event(ready, (
+                f"devnet {genesis.chain_id} ready: chain RPC {ready['chain_rpc']}, gRPC {ready['chain_grpc']}, "
+                f"sim ML nodes {ready['mlnodes']}\n"
+                f"daemon config written to {files.config}; start it with: dapi run --config {files.config}\n"
+                f"own participant {ready['account_address']} (signer {ready['signer_address']})"
+            ))
+            healthy, reason = await _watch(devnet, out, stop, epochs=getattr(args, "epochs", None))
+            summary = _summary(devnet, healthy, reason)
+            out.event(summary, f"devnet stopped at height {summary['height']}: "
+                               f"{'healthy' if healthy else 'NOT healthy'}{f' ({reason})' if reason else ''}")
+        finally:
+            await devnet.stop()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    return 0 if healthy else 1
+
+
+async def _watch(devnet: Devnet, out: _Output, stop: asyncio.Event, *, epochs: int | None) -> tuple[bool, str]:
+    """Report each epoch as it becomes effective; return (healthy, reason) when told to stop."""
+    announced = 0
+    patience = max(20 * devnet.block_time, 2.0)
+    while not stop.is_set():
+        try:
+            await devnet.wait_until(
+                lambda seen=announced: stop.is_set() or devnet.chain.effective_epoch().index > seen,  # type: ignore[misc]
+                timeout=patience, what="the next epoch or a stop signal",
+            )
+        except TimeoutError:
+            continue
+        except RuntimeError as exc:
+            return False, str(exc)
+        while devnet.chain.effective_epoch().index > announced:
+            announced += 1
+            report = devnet.report(announced)
+            payload: dict[str, Any] = {"event": "epoch", **(report.as_json() if report else {"epoch_index": announced})}
+            members = ", ".join(f"{m.name}={m.weight}" for m in report.members) if report else "-"
+            out.event(payload, f"epoch {announced} effective: members {members or '(none)'}")
+            if report is None or not report.members:
+                return False, f"epoch {announced} formed without members"
+        if epochs is not None and announced >= epochs:
+            break
+    if devnet.peers.rejected() or devnet.peers.failed():
+        return False, "a simulated peer's tx was rejected or failed"
+    return True, ""
+
+
+def _summary(devnet: Devnet, healthy: bool, reason: str) -> dict[str, Any]:
+    return {
+        "event": "summary",
+        "healthy": healthy,
+        "reason": reason,
+        "height": devnet.chain.height,
+        "effective_epoch": devnet.chain.effective_epoch().index,
+        "epochs": [r.as_json() for r in devnet.reports()],
+        "peer_txs": len(devnet.peers.txs),
+        "peer_txs_rejected": len(devnet.peers.rejected()),
+        "peer_txs_failed": len(devnet.peers.failed()),
+        "claims": len(devnet.chain.claims()),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m dapi.devnet.cli devnet --no-daemon --write-config PATH [...]` (the `dapi` parser)."""
+    from dapi.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    if getattr(args, "command", None) != "devnet" or not args.no_daemon:
+        print("usage: python -m dapi.devnet.cli devnet --no-daemon --write-config PATH [options]", file=sys.stderr)
+        return 2
+    return asyncio.run(run_no_daemon(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Nothing answered 200 is lost: SIGKILL the daemon after 100 answered callbacks, before their broadcast.
+
+The daemon runs as a real ``dapi run`` process against the devnet. While the chain answers every
+broadcast with a retriable "mempool is full", 100 batches are posted and answered; then the process is
+killed with SIGKILL, the chain recovers, the daemon is started again from the same data_dir, and all
+100 batches land on chain, each once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from dapi.chain.epochs import EpochContext
+from dapi.devnet import Devnet
+from dapi.devnet.daemon_config import DaemonPorts
+from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
+
+BATCHES = 100
+MARK = 10**12  # nonces no simulated ML node produces, so our batches are recognisable on chain
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_daemon(config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DAPI_LOG_LEVEL": "WARNING"}
+    env.pop("DAPI_SIGNER_KEY", None)
+    return subprocess.Popen([sys.executable, "-m", "dapi", "run", "--config", str(config)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def until(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+        except httpx.HTTPError:
+            value = False
+        if value:
+            return
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) -> None:
+    async with Devnet(block_time=0.05, participants=2, nodes_per_participant=2) as devnet:
+        ports = DaemonPorts(free_port(), free_port(), free_port())
+        config = tmp_path / "config.yaml"
+        devnet.write_daemon_config(config, ports=ports, data_dir=tmp_path / "data")
+        # A tx in flight when the process dies is looked up again, and re-sent once its own timeout
+        # has passed; a short timeout keeps that path inside the test's time.
+        settings = yaml.safe_load(config.read_text())
+        settings.setdefault("outbox", {})["tx_timeout"] = 2.0
+        config.write_text(yaml.safe_dump(settings))
+        params = devnet.genesis.epoch_params
+        ctx = EpochContext(1, params.epoch_length, params)
+        own = devnet.own.address
+        http = httpx.AsyncClient(timeout=10)
+
+        async def daemon_height() -> int:
+            status = (await http.get(ports.public_api + "/v1/status")).json()
+            return status["chain"]["last_height"] or 0
+
+        def ours() -> list[str]:
+            return [b.batch_id for b in devnet.chain.batches(ctx.start_of_poc, participant=own)
+                    if b.nonces and b.nonces[0] >= MARK]
+
+        daemon = start_daemon(config)
+        try:
+            async def in_window() -> bool:
+                return await daemon_height() >= ctx.start_of_poc + 1
+
+            await until(in_window, "the PoC exchange window")
+            devnet.pause_at(devnet.chain.height + 1)
+            await until(lambda: devnet.paused, "the chain to pause")
+            assert devnet.chain.height < ctx.poc_exchange_window.end - 3
+            devnet.inject_checktx_fault(10**6, code=20)
+            for i in range(BATCHES):
+                body = {"public_key": "02" + "ab" * 32, "block_hash": "AB", "block_height": ctx.start_of_poc,
+                        "nonces": [MARK + i], "dist": [0.5], "node_id": 1}
+                response = await http.post(ports.ml_api + "/v1/poc-batches/generated", json=body)
+                assert response.status_code == 200, response.text
+            daemon.send_signal(signal.SIGKILL)
+            daemon.wait(timeout=10)
+            assert ours() == []  # nothing reached the chain before the kill
+            # The simulated ML nodes stop mining, so that the mempool holds our batches only.
+            for node in devnet.own.nodes:
+                await http.post(devnet.mlnodes.node_url(node.local_id) + "/api/v1/stop")
+        finally:
+            if daemon.poll() is None:
+                daemon.kill()
+                daemon.wait()
+
+        devnet.clear_checktx_faults()
+        daemon = start_daemon(config)
+        try:
+            # Resume only once the mempool holds every one of them, so that the few blocks left of the
+            # exchange window include them all. A batch whose broadcast was in flight at the kill is
+            # sent again once its (short) tx timeout has passed.
+            def in_mempool() -> int:
+                return sum(1 for m in devnet.chain.mempool_messages()
+                           if isinstance(m, MsgSubmitPocBatch) and m.nonces and m.nonces[0] >= MARK)
+
+            await until(lambda: in_mempool() == BATCHES, "every batch in the mempool")
+            devnet.resume_blocks()
+            try:
+                await until(lambda: len(ours()) == BATCHES, f"{BATCHES} batches on chain", timeout=60)
+            except AssertionError:
+                dead = (await http.get(ports.admin_api + "/admin/v1/outbox/dead-letters")).json()["dead_letters"]
+                raise AssertionError(f"{len(ours())} of {BATCHES} on chain; dead letters: {dead[:3]}") from None
+        finally:
+            daemon.terminate()
+            assert daemon.wait(timeout=15) == 0  # a graceful stop on SIGTERM
+            await http.aclose()
+    batches = [b for b in devnet.chain.batches(ctx.start_of_poc, participant=own) if b.nonces[0] >= MARK]
+    assert sorted(b.nonces[0] - MARK for b in batches) == list(range(BATCHES))  # every one, each once
+    assert {b.node_id for b in batches} == {"node1"}
