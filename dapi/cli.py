@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--epochs", type=_positive_int, default=None, metavar="K",
                         help="stop after K full epochs and print a summary")
     devnet.add_argument("--base-port", type=_port, default=None, metavar="P",
-                        help="lay every port out from P instead of the default ports")
+                        help="lay every port out from P instead of the default ports (0: let the OS choose)")
     devnet.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
     devnet.add_argument("--no-daemon", action="store_true",
                         help="run everything but the daemon (start it yourself with dapi run)")
@@ -93,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write_config and not args.no_daemon:
             print("dapi devnet: --write-config needs --no-daemon", file=sys.stderr)
             return 2
-        print("dapi devnet: not implemented yet", file=sys.stderr)
-        return 2
+        from dapi.devnet.cli import run_no_daemon, run_with_daemon
+
+        return asyncio.run(run_no_daemon(args) if args.no_daemon else run_with_daemon(args))
     return 2

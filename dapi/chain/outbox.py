@@ -231,6 +231,7 @@ class Outbox:
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
+        self._sends: set[asyncio.Task[None]] = set()
         self._accepting = False
         self._drained = asyncio.Event()  # set while nothing accepted is waiting for its commit
         self._drained.set()
@@ -265,9 +266,12 @@ class Outbox:
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), 10.0)
-        for task in self._tasks:
+        # Broadcasts in flight are cut: their rows are recorded as sent (or still pending) and the next
+        # start looks them up or sends them again, so nothing is lost.
+        running = [*self._tasks, *self._sends]
+        for task in running:
             task.cancel()
-        for task in self._tasks:
+        for task in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
@@ -366,6 +370,8 @@ class Outbox:
             for row_id, type_url, body, attempts in rows:
                 self._in_flight.add(row_id)
                 task = asyncio.create_task(self._send_one(limiter, row_id, type_url, body, attempts))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
                 task.add_done_callback(lambda _t, r=row_id: self._sent_done(r))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)

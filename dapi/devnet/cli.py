@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,7 +34,7 @@ from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
 from dapi.devnet.runner import Devnet
 from dapi.logs import configure_logging
 
-__all__ = ["main", "run_no_daemon"]
+__all__ = ["main", "run_no_daemon", "run_with_daemon"]
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -120,6 +123,111 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
         for sig in installed:
             loop.remove_signal_handler(sig)
     return 0 if healthy else 1
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
+            pass
+    return installed
+
+
+async def run_with_daemon(args: argparse.Namespace) -> int:
+    """`dapi devnet`: chain, peers, simulated ML nodes and the real daemon, with a live view or JSON lines."""
+    from dapi.devnet.session import DevnetSession, HealthWatch
+
+    json_mode = bool(getattr(args, "json", False))
+    live = not json_mode and sys.stdout.isatty()
+    work_dir = Path(tempfile.mkdtemp(prefix="dapi-devnet-"))
+    if not structlog.is_configured():
+        if live:
+            # The live view owns the terminal; the log goes to a file in the work folder.
+            log_file = await asyncio.to_thread((work_dir / "dapi.log").open, "a")
+            configure_logging({"DAPI_LOG_LEVEL": "INFO"}, stream=log_file)
+        else:
+            configure_logging({"DAPI_LOG_LEVEL": os.environ.get("DAPI_LOG_LEVEL", "WARNING"),
+                               "DAPI_LOG_FORMAT": os.environ.get("DAPI_LOG_FORMAT", "json")})
+    out = _Output(json_mode)
+    try:
+        layout = _layout(getattr(args, "base_port", None))
+    except ValueError as exc:
+        print(f"dapi devnet: {exc}", file=sys.stderr)
+        return 2
+    if args.participants < 2:
+        print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    installed = _install_stop_handlers(stop)
+    try:
+        session = DevnetSession(
+            participants=args.participants, nodes_per_participant=args.nodes_per_participant,
+            block_time=args.block_time, ports=layout.daemon,
+            devnet_ports=(layout.chain_rpc, layout.chain_grpc, layout.mlnodes), work_dir=work_dir,
+        )
+        try:
+            await session.__aenter__()
+        except OSError as exc:
+            print(f"dapi devnet: cannot start: {exc}", file=sys.stderr)
+            return 1
+        try:
+            ready = {**session.ready_info(), "work_dir": str(work_dir)}
+            out.event(ready, f"devnet ready: public API {ready['public_api']}, admin {ready['admin_api']}, "
+                             f"chain RPC {ready['chain_rpc']} (work folder {work_dir})")
+
+            def on_epoch(event: dict[str, Any]) -> None:
+                if not live:
+                    ok = all(c["ok"] for c in event["poc"]) and event["models_ok"]
+                    out.event(event, f"epoch {event['epoch_index']} effective: "
+                                     f"{'every own node followed its allocation' if ok else 'PROBLEMS'}")
+
+            watch = HealthWatch(session, on_epoch=on_epoch)
+            epochs = getattr(args, "epochs", None)
+            watching = asyncio.create_task(watch.run(epochs), name="devnet-health-watch")
+            waiting = asyncio.create_task(stop.wait())
+            if live:
+                await _live(session, watching, waiting)
+            else:
+                await asyncio.wait({watching, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watching, waiting):
+                task.cancel()
+            crashed = None
+            if watching.done() and not watching.cancelled() and watching.exception() is not None:
+                crashed = repr(watching.exception())
+            verdict = await watch.verdict()
+            if crashed:
+                verdict["healthy"] = False
+                verdict["problems"].append(f"the health watch failed: {crashed}")
+            if epochs is not None and len(watch.formed) < epochs:
+                verdict["healthy"] = False
+                verdict["problems"].append(f"stopped after {len(watch.formed)} of {epochs} epochs")
+            summary = {"event": "summary", **verdict, "height": session.devnet.chain.height}
+            verdict_text = "healthy" if verdict["healthy"] else "NOT healthy: " + "; ".join(verdict["problems"])
+            out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
+            return 0 if verdict["healthy"] else 1
+        finally:
+            await session.__aexit__(None, None, None)
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _live(session: Any, *tasks: asyncio.Task[Any]) -> None:
+    from rich.live import Live
+
+    from dapi.devnet.live import render
+
+    assert session.daemon.outbox is not None
+    with Live(refresh_per_second=4, screen=False) as view:
+        while not any(t.done() for t in tasks):
+            counts = await session.daemon.outbox.counts()
+            view.update(render(session, counts))
+            await asyncio.wait(set(tasks), timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def _watch(devnet: Devnet, out: _Output, stop: asyncio.Event, *, epochs: int | None) -> tuple[bool, str]:

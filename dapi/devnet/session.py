@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class ModelsCheck:
 @dataclass
 class HealthWatch:
     session: DevnetSession
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # called as each watched epoch becomes effective
     poc: list[PocCheck] = field(default_factory=list)
     models: list[ModelsCheck] = field(default_factory=list)
     formed: list[int] = field(default_factory=list)
@@ -77,11 +79,13 @@ class HealthWatch:
     own_batches_without_node: int = 0
     problems: list[str] = field(default_factory=list)
 
-    async def run(self, epochs: int) -> None:
-        """Watch PoC 1..``epochs`` and the epochs they form, then wait until that many are effective."""
+    async def run(self, epochs: int | None) -> None:
+        """Watch PoC 1..``epochs`` (for ever with None) and the epochs they form until they are effective."""
         devnet = self.session.devnet
         params = devnet.genesis.epoch_params
-        for epoch in range(1, epochs + 1):
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            epoch += 1
             ctx = EpochContext(epoch, epoch * params.epoch_length - params.epoch_shift, params)
             await self._watch_poc(ctx)
             timeout = max(60.0, 20 * params.epoch_length * devnet.block_time)
@@ -91,6 +95,10 @@ class HealthWatch:
             await self._wait_daemon_at(ctx.set_new_validators + 1)
             await self._check_models(epoch)
             self._collect_batches(ctx.start_of_poc)
+            if self.on_epoch is not None:
+                self.on_epoch({"event": "epoch", **report.as_json(),
+                               "poc": [c.as_json() for c in self.poc if c.epoch == epoch],
+                               "models_ok": self.models[-1].equal if self.models else None})
 
     async def _wait_daemon_at(self, height: int) -> None:
         view = self.session.daemon.view
