@@ -83,8 +83,8 @@ class NodeConfig(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    id: str
-    host: str
+    id: str = Field(min_length=1, pattern=r"\S")
+    host: str = Field(min_length=1)
     inference_port: int = Field(ge=0, le=65535)
     inference_segment: str = ""
     poc_port: int = Field(ge=0, le=65535)

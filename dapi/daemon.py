@@ -24,6 +24,7 @@ from dapi import __version__
 from dapi.broker import Broker, ChainAdapter
 from dapi.broker.errors import BrokerError, GovernanceUnavailable
 from dapi.chain.client import ChainClient, connect
+from dapi.chain.errors import ChainError
 from dapi.chain.keys import SigningKey, address_from_public_key, public_key_from_base64
 from dapi.chain.outbox import Outbox
 from dapi.chain.tx import TxSigner
@@ -230,6 +231,12 @@ class Daemon:
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
         self.registration_error = ""
+        # Tell the chain about the nodes now rather than a sync interval later: an epoch formed before
+        # the chain knows them would leave them without a model.
+        try:
+            await self.broker.sync_hardware_now()
+        except ChainError as exc:
+            log.warning("first hardware sync failed; the periodic one will retry", error=str(exc))
 
     async def stop(self) -> None:
         log.info("stopping")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Request
 from google.protobuf.message import Message
@@ -36,23 +36,32 @@ class Outbox(Protocol):
     async def submit(self, msg: Message) -> int: ...
 
 
-class ProofBatchBody(BaseModel):
-    """A generated batch as the ML node sends it (documentation of the body; parsing is done by hand)."""
+NonNegative = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Distance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
-    public_key: str = Field(description="Hex of the participant's compressed public key")
+
+class ProofBatchBody(BaseModel):
+    """A generated batch as the ML node sends it (documentation of the body; parsing is done by hand).
+
+    Beyond what the schema can say: ``nonces`` and ``dist`` have the same length.
+    """
+
+    public_key: str = Field(pattern="^([0-9a-fA-F]{2})+$", description="Hex of the participant's public key")
     block_hash: str
-    block_height: int = Field(gt=0, description="PoC stage start height")
-    nonces: list[int] = Field(description="Non-negative nonces, same length as dist")
-    dist: list[float] = Field(description="Finite distances >= 0")
-    node_id: int = Field(0, ge=0, description="The node number the API node gave this ML node (0 = unknown)")
+    block_height: int = Field(ge=1, le=2**63 - 1, description="PoC stage start height")
+    nonces: list[NonNegative] = Field(min_length=1, description="Non-negative nonces, same length as dist")
+    dist: list[Distance] = Field(min_length=1, description="Finite distances >= 0, same length as nonces")
+    node_id: NonNegative = Field(0, description="The node number the API node gave this ML node (0 = unknown)")
 
 
 class ValidatedBatchBody(ProofBatchBody):
-    received_dist: list[float]
-    r_target: float
-    fraud_threshold: float
-    n_invalid: int = Field(ge=0)
-    probability_honest: float
+    """A validated batch: ``public_key`` is the prover's; ``received_dist`` has the length of ``nonces``."""
+
+    received_dist: list[Distance]
+    r_target: float = Field(allow_inf_nan=False)
+    fraud_threshold: float = Field(allow_inf_nan=False)
+    n_invalid: NonNegative
+    probability_honest: float = Field(allow_inf_nan=False)
     fraud_detected: bool
 
 

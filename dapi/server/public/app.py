@@ -9,9 +9,9 @@ from the last processed block instead of a chain query per request.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
@@ -236,7 +236,7 @@ def create_public_app(
 
     @app.get("/v1/epochs/{epoch}", response_model=None,
              responses={200: {"model": EpochResponse}, **error_responses(400, 503)})
-    async def get_epoch(epoch: str) -> Response:
+    async def get_epoch(epoch: Annotated[str, Path(json_schema_extra={"enum": ["latest"]})]) -> Response:
         """Only ``latest``: latest epoch, phase at the last processed block, stages of this and the next epoch."""
         if epoch != "latest":
             raise ApiError(400, "Only getting info for current epoch is supported at the moment")
@@ -257,7 +257,10 @@ def create_public_app(
 
     @app.get("/v1/poc-batches/{height}", response_model=None,
              responses={200: {"model": PocBatchesResponse}, **error_responses(400, 404, 503)})
-    async def get_poc_batches(height: str) -> Response:
+    async def get_poc_batches(
+        height: Annotated[str, Path(description="The PoC stage start height",
+                                    json_schema_extra={"type": "integer", "minimum": 0, "maximum": 2**63 - 1})],
+    ) -> Response:
         """The PoC batches stored on chain for the PoC stage that started at ``height``."""
         try:
             value = int(height)
