@@ -36,7 +36,9 @@ def configure_logging(env: Mapping[str, str] | None = None, *, stream: Any = Non
         renderer = structlog.processors.JSONRenderer()
 
     structlog.configure(
-        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Filter first: a dropped debug line must cost a level check, not a rendering.
+        processors=[structlog.stdlib.filter_by_level, *_SHARED_PROCESSORS,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

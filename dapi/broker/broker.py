@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from dapi.broker.chain import BrokerChain, TxSink
 from dapi.broker.epoch_data import EpochCache, EpochDataSync, EpochSnapshot
 from dapi.broker.errors import (
@@ -47,7 +45,7 @@ from dapi.chain.errors import ChainError
 from dapi.config import BrokerConfig, NodeConfig
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
 from dapi.logs import get_logger
-from dapi.mlnodeclient import DEFAULT_TIMEOUTS, MLNodeClient, MLNodeTimeouts, create_http_client
+from dapi.mlnodeclient import DEFAULT_TIMEOUTS, MLNodeClient, MLNodeTimeouts
 
 __all__ = ["Broker", "BrokerMetrics", "CommandResult", "NodeHandle"]
 
@@ -100,7 +98,6 @@ class Broker:
         settings: BrokerConfig,
         data_dir: Path,
         tx_sink: TxSink | None,
-        http: httpx.AsyncClient | None = None,
         reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL,
         retry_backoff_base: float = DEFAULT_RETRY_BACKOFF_BASE,
         mlnode_timeouts: MLNodeTimeouts = DEFAULT_TIMEOUTS,
@@ -109,8 +106,6 @@ class Broker:
         self._chain = chain
         self.participant_address = participant_address
         self._settings = settings
-        self._own_http = http is None
-        self._http = http if http is not None else create_http_client()
         self._timeouts = mlnode_timeouts
         self._registry = NodeRegistry()
         self._nodenums = NodeNumbers(data_dir)
@@ -174,8 +169,6 @@ class Broker:
         await asyncio.gather(*workers, *self._retiring, return_exceptions=True)
         for entry in self._registry:
             await entry.client.aclose()
-        if self._own_http:
-            await self._http.aclose()
         self._started = False
 
     async def __aenter__(self) -> Broker:
@@ -255,7 +248,7 @@ class Broker:
                 inference_port=config.inference_port,
                 poc_segment=config.poc_segment,
                 inference_segment=config.inference_segment,
-                http=self._http,
+                # A pool per node: one pool shared by a thousand nodes makes every request scan them all.
                 timeouts=self._timeouts,
             )
         except ValueError as exc:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from dapi.broker.rules import ModelChoice
 from dapi.broker.state import NodeStatus, PocStatus
-from dapi.mlnodeclient import InitDto, MLNodeClient, MLNodeError, MLNodeState, PowState
+from dapi.mlnodeclient import InitDto, MLNodeClient, MLNodeConflict, MLNodeError, MLNodeState, PowState
 
 __all__ = [
     "InferenceUpJob",
@@ -126,12 +126,22 @@ class StartPocJob(NodeJob):
     target = NodeStatus.POC
     poc_target = PocStatus.GENERATING
 
-    def __init__(self, job_id: int, dto: InitDto) -> None:
+    def __init__(self, job_id: int, dto: InitDto, *, assume_stopped: bool = False) -> None:
         super().__init__(job_id)
         self.dto = dto
+        self.assume_stopped = assume_stopped
 
     async def run(self, client: MLNodeClient) -> NodeResult:
         try:
+            if self.assume_stopped:
+                # The node was last seen STOPPED: go straight to init, one request instead of two at the
+                # moment a thousand nodes start together. An ML node that is not stopped answers 409,
+                # and then the full sequence below finds out what it is doing.
+                try:
+                    await client.init_generate(self.dto)
+                    return NodeResult.ok(NodeStatus.POC, PocStatus.GENERATING)
+                except MLNodeConflict:
+                    pass
             state = await _state_or_none(client)
             if state is MLNodeState.POW and await _pow_state_or_none(client) is PowState.GENERATING:
                 return NodeResult.ok(NodeStatus.POC, PocStatus.GENERATING)

@@ -235,7 +235,7 @@ class Reconciler:
                 callback_url=self._callback_url,
             )
             if st.poc_intended_status is PocStatus.GENERATING:
-                return StartPocJob(job_id, dto)
+                return StartPocJob(job_id, dto, assume_stopped=st.current_status is NodeStatus.STOPPED)
             if st.poc_intended_status is PocStatus.VALIDATING:
                 return InitValidateJob(job_id, dto)
         return None
