@@ -112,10 +112,15 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             # exchange window include them all. A batch whose broadcast was in flight at the kill is
             # sent again once its (short) tx timeout has passed.
             def in_mempool() -> int:
-                return sum(1 for m in devnet.chain.mempool_messages()
-                           if isinstance(m, MsgSubmitPocBatch) and m.nonces and m.nonces[0] >= MARK)
+                return len({m.nonces[0] for m in devnet.chain.mempool_messages()
+                            if isinstance(m, MsgSubmitPocBatch) and m.nonces and m.nonces[0] >= MARK})
 
-            await until(lambda: in_mempool() == BATCHES, "every batch in the mempool")
+            try:
+                await until(lambda: in_mempool() == BATCHES, "every batch in the mempool", timeout=60)
+            except AssertionError:
+                counts = (await http.get(ports.admin_api + "/admin/v1/outbox")).json()
+                raise AssertionError(f"{in_mempool()} of {BATCHES} in the mempool; outbox {counts['counts']}, "
+                                     f"pending {counts['pending'][:3]}") from None
             devnet.resume_blocks()
             try:
                 await until(lambda: len(ours()) == BATCHES, f"{BATCHES} batches on chain", timeout=60)
