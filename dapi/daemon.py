@@ -27,6 +27,7 @@ from dapi.chain.client import ChainClient, connect
 from dapi.chain.errors import ChainError
 from dapi.chain.keys import SigningKey, address_from_public_key, public_key_from_base64
 from dapi.chain.outbox import Outbox
+from dapi.chain.pricing import DynamicPricing
 from dapi.chain.tx import TxSigner
 from dapi.chain.view import ChainView
 from dapi.config import Config, ConfigError, signer_secret
@@ -199,7 +200,8 @@ class Daemon:
         assert self.broker is not None and self.outbox is not None and self.chain is not None
         broker, chain = self.broker, self.chain
         public = create_public_app(cache=broker.epoch_cache, chain=self.view, status=self.status,
-                                   poc_batches=chain.query.poc_batches_for_stage, metrics=self.metrics,
+                                   poc_batches=chain.query.poc_batches_for_stage,
+                                   dynamic_pricing=DynamicPricing(chain.query, self.view), metrics=self.metrics,
                                    before_metrics=self._refresh_metrics)
         ml = create_mlnode_app(nodes=_NodeNames(broker), outbox=self.outbox,
                                account_address=self.identity.account_address, metrics=self.metrics,
@@ -302,7 +304,7 @@ class Daemon:
         components: dict[str, Any] = {
             "broker": {"healthy": broker is not None, "nodes_by_status": broker.nodes_by_status if broker else {},
                        "registration": self.registration_error or "done"},
-            "outbox": {"healthy": self.outbox is not None, "depth": int(self.metrics.outbox_depth._value.get()),
+            "outbox": {"healthy": self.outbox is not None, "depth": self.metrics.outbox_depth_value(),
                        "sending": bool(self.outbox and self.outbox.can_send)},
             "follower": {"processed": self.follower.processed if self.follower else 0,
                          "replayed": self.follower.replayed if self.follower else 0},

@@ -25,3 +25,9 @@ class Metrics:
         self.tx_retries = Counter("dapi_tx_retries", "Broadcasts retried after a transient failure", registry=r)
         self.outbox_depth = Gauge("dapi_outbox_depth", "Messages not yet landed or dead-lettered", registry=r)
         self.chain_queries = Gauge("dapi_chain_queries", "Chain queries sent since start", registry=r)
+
+    def batches_accepted_count(self, kind: str = "generated") -> int:
+        return int(self.batches_accepted.labels(kind=kind)._value.get())
+
+    def outbox_depth_value(self) -> int:
+        return int(self.outbox_depth._value.get())

@@ -13,8 +13,9 @@ survives a SIGKILL. Three owned tasks then move it along:
 
 CheckTx rejections are sorted by whether sending again can help: transient ones are retried with
 capped backoff, code 19 (already in the mempool cache) means the tx is on its way, anything else is
-dead-lettered and logged with its code. Delivery is at least once; the chain dedups PoC batches by
-their batch_id.
+dead-lettered and logged with its code. Delivery is at least once: a tx is sent again only once its
+own timeout has passed (the chain can no longer include the earlier one), so a message lands twice
+only if the chain includes a tx after reporting it missing past its timeout.
 
 All sqlite work runs on one dedicated thread, never on the event loop.
 """
@@ -47,6 +48,7 @@ T = TypeVar("T")
 # Cosmos SDK codespace "sdk" codes after which the same message, signed again later, can succeed.
 RETRIABLE_SDK_CODES = frozenset({20, 30, 32, 42})  # mempool full, timeout height, wrong sequence, tx timeout
 ALREADY_IN_MEMPOOL = 19
+LANDED_KEPT = 7 * 24 * 3600.0
 UNAUTHORIZED = 4  # signature verification failed: the account number we signed with may be stale
 
 _SCHEMA = """
@@ -124,6 +126,8 @@ class OutboxStore:
         # FULL: a commit is on disk before submit() returns, so even power loss keeps answered batches.
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(_SCHEMA)
+        # Landed rows are kept (bodies emptied) for the admin view and the devnet's checks; a week is plenty.
+        self.db.execute("DELETE FROM messages WHERE state = 'landed' AND created_at < ?", (time.time() - LANDED_KEPT,))
 
     def close(self) -> None:
         self.db.close()
@@ -252,12 +256,12 @@ class Outbox:
         """Start sending; without a signer the outbox keeps what it holds and sends nothing."""
         if self._store is None:
             await self.open()
+        await self._refresh_depth()
         if not self.can_send:
             log.warning("outbox is read-only: no signer key, nothing will be broadcast")
             return
         self._tasks.append(asyncio.create_task(self._guard(self._sender_loop, "outbox-sender")))
         self._tasks.append(asyncio.create_task(self._guard(self._observer_loop, "outbox-observer")))
-        await self._refresh_depth()
 
     async def stop(self) -> None:
         """Stop intake, commit everything already accepted, then stop sending; the file stays consistent."""

@@ -69,7 +69,7 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
                       st.poc_current_status.value, model, pre, poc, st.failure_reason[:40])
     parts.append(nodes)
 
-    accepted = int(daemon.metrics.batches_accepted.labels(kind="generated")._value.get())
+    accepted = daemon.metrics.batches_accepted_count()
     parts.append(Text(f"PoC batches accepted {accepted}   txs landed {outbox_counts.get('landed', 0)}   "
                       f"pending {outbox_counts.get('pending', 0) + outbox_counts.get('sent', 0)}   "
                       f"dead-lettered {outbox_counts.get('dead', 0)}"))

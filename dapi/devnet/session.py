@@ -160,7 +160,7 @@ class HealthWatch:
 
     async def verdict(self) -> dict[str, Any]:
         daemon = self.session.daemon
-        accepted = int(daemon.metrics.batches_accepted.labels(kind="generated")._value.get())
+        accepted = daemon.metrics.batches_accepted_count()
         assert daemon.outbox is not None
         counts = await daemon.outbox.counts()
         dead = await daemon.outbox.dead_letters()

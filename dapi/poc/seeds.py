@@ -59,7 +59,14 @@ class SeedManager:
 
         def seed(name: str) -> Seed | None:
             value = doc.get(name)
-            return Seed(**value) if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                return None
+            try:
+                return Seed(seed=int(value["seed"]), epoch_index=int(value["epoch_index"]),
+                            signature=str(value["signature"]))
+            except (KeyError, TypeError, ValueError):
+                log.error("a stored seed is unreadable; ignored", path=str(self.path), which=name)
+                return None
 
         self.upcoming, self.current, self.previous = seed("upcoming"), seed("current"), seed("previous")
         self.last_claimed_epoch = doc.get("last_claimed_epoch")

@@ -24,7 +24,7 @@ from dapi.broker.errors import (
     NodeNotFound,
 )
 from dapi.broker.state import AdminState, Node, NodeResponse, node_response_json
-from dapi.chain.outbox import DeadLetter, OutboxRow
+from dapi.chain.outbox import DeadLetter, OutboxClosed, OutboxRow
 from dapi.config import NodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
@@ -97,7 +97,7 @@ class DeadLettersJson(BaseModel):
 def create_admin_app(*, broker: NodeBroker, store: NodeStore, outbox: OutboxView | None = None,
                      token: str = "") -> FastAPI:
     app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(bearer_auth(token))])
-    install_error_handlers(app, domain=dict(_STATUS_OF))
+    install_error_handlers(app, domain={**_STATUS_OF, OutboxClosed: 503})
     auth = (401,) if token else ()
 
     @app.get("/admin/v1/nodes", response_model=list[NodeItemJson], responses=error_responses(*auth))

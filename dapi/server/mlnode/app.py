@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from dapi.chain.keys import address_from_key_bytes
+from dapi.chain.outbox import OutboxClosed
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
@@ -140,7 +141,7 @@ def create_mlnode_app(
     body_limit: int = 64 * 1024 * 1024,
 ) -> FastAPI:
     app = FastAPI(title="dapi ML node callbacks", version="1", docs_url="/docs")
-    install_error_handlers(app)
+    install_error_handlers(app, domain={OutboxClosed: 503})
 
     async def queue(msg: Message, kind: str) -> Response:
         if not outbox.can_send:
