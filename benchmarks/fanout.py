@@ -5,9 +5,11 @@ figure runs from the PoC-start block handed to the block dispatcher until the la
 received its init/generate. Floor: the same 1,000 init/generate POSTs fired directly with httpx
 (one shared pool, all at once). Target: at most 1.5x the floor and under 2 s.
 
-Memory: RSS of this process (broker, dispatcher, chain view and the ML node client pool; the HTTP
-servers are not started here) before the broker exists, with 1,000 nodes registered and idle, and
-right after the PoC fan-out.
+Memory: RSS of this process (broker, dispatcher, chain view and one ML node client per node; the HTTP
+servers are not started here) before the broker exists, with 1,000 nodes registered and idle (before
+any fan-out), and right after the PoC fan-out (which includes the floor's 1,000-connection pool).
+The broker's connections from its last poll have been closed by the ML node server's keep-alive
+timeout by the time PoC starts, as in production where polls are a minute apart.
 """
 
 from __future__ import annotations
@@ -104,19 +106,6 @@ async def main() -> list[Result]:
     http = create_http_client(max_connections=NODES)
     results: list[Result] = []
     try:
-        # Floor: the 1,000 POSTs alone.
-        dto = build_init_dto(block_height=POC_START, block_hash=BLOCK_HASH, public_key=PUBKEY, node_num=1,
-                             node_count=NODES + 1, callback_url="http://127.0.0.1:9").model_dump(mode="json")
-        floors = []
-        for _ in range(3):
-            await reset(http, base)
-            started = time.time()
-            responses = await asyncio.gather(*(http.post(f"{base}/nodes/n{i}/api/v1/pow/init/generate",
-                                                         json={**dto, "node_id": i + 1}) for i in range(NODES)))
-            assert all(r.status_code == 200 for r in responses)
-            floors.append(max(await generate_times(http, base)) - started)
-        await reset(http, base)
-
         rss_before = rss_mib(os.getpid())
         with tempfile.TemporaryDirectory() as tmp:
             chain = Chain()
@@ -132,6 +121,19 @@ async def main() -> list[Result]:
             assert all(not isinstance(r, Exception) for r in registered)
             await broker.poll_now(force=True)  # every node's current state is known, as after a minute of running
             rss_idle = rss_mib(os.getpid())
+            # Floor: the 1,000 POSTs alone.
+            dto = build_init_dto(block_height=POC_START, block_hash=BLOCK_HASH, public_key=PUBKEY, node_num=1,
+                                 node_count=NODES + 1, callback_url="http://127.0.0.1:9").model_dump(mode="json")
+            floors = []
+            for _ in range(3):
+                await reset(http, base)
+                started = time.time()
+                responses = await asyncio.gather(*(http.post(f"{base}/nodes/n{i}/api/v1/pow/init/generate",
+                                                             json={**dto, "node_id": i + 1}) for i in range(NODES)))
+                assert all(r.status_code == 200 for r in responses)
+                floors.append(max(await generate_times(http, base)) - started)
+            await reset(http, base)
+
             dispatcher = Dispatcher(rpc=chain, query=chain, broker=broker, view=ChainView(),  # type: ignore[arg-type]
                                     seeds=None, validator=None)
             started = time.time()
