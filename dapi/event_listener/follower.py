@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from dapi.chain.errors import ChainError, ChainUnavailable
 from dapi.chain.rpc import CometRPC
+from dapi.event_listener.owned import OwnedTask
 from dapi.event_listener.subscription import NewBlock
 from dapi.logs import get_logger
 
@@ -39,7 +40,7 @@ class BlockFollower:
         self._max_catch_up = max_catch_up
         self._attempts_on_error = attempts_on_error
         self._heads: asyncio.Queue[NewBlock] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "block-follower")
         self.last_height: int | None = None
         self.replayed = 0
         self.processed = 0
@@ -49,17 +50,10 @@ class BlockFollower:
         self._heads.put_nowait(block)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="block-follower")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.stop()
 
     async def _run(self) -> None:
         while True:

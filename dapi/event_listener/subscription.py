@@ -18,6 +18,7 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from dapi.event_listener.owned import OwnedTask
 from dapi.logs import get_logger
 
 log = get_logger(__name__)
@@ -84,24 +85,17 @@ class ChainSubscription:
         self._queries = (NEW_BLOCK_QUERY, *(TX_QUERIES if subscribe_txs else ()))
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._task: asyncio.Task[None] | None = None
+        self._task = OwnedTask(self._run, "chain-websocket")
         self._connection: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.last_error: str = ""
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="chain-websocket")
+        self._task.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await self._task.stop()
 
     async def drop_connection(self) -> None:
         """Close the current connection as a network failure would; the task reconnects."""
