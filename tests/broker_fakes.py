@@ -6,16 +6,15 @@ the real SimMLNodeServer on loopback.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import inspect
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
+from waiting import wait_for
 
 from dapi.broker import Broker, EpochState, NodeStatus
 from dapi.chain.epochs import Epoch, EpochContext, EpochParams, Phase
@@ -28,6 +27,8 @@ from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
 
 _M = TypeVar("_M", bound=Message)
+
+__all__ = ["wait_for"]  # re-exported: the broker tests import it from here
 
 PARTICIPANT = "gonka1ownparticipantaddressxxxxxxxxxxxxxxx"
 OTHER_PARTICIPANT = "gonka1someoneelsexxxxxxxxxxxxxxxxxxxxxxxxx"
@@ -186,23 +187,6 @@ class ListTxSink:
         self.msgs.append(msg)
         if self.chain is not None and isinstance(msg, MsgSubmitHardwareDiff):
             self.chain.apply_hardware_diff(msg)
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], *, timeout: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll `condition` until true; fail after a generous timeout (never an assertion about speed)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = condition()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def sim_node_config(

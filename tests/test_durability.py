@@ -8,7 +8,6 @@ killed with SIGKILL, the chain recovers, the daemon is started again from the sa
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import yaml
+from waiting import wait_for
 
 from dapi.chain.epochs import EpochContext
 from dapi.devnet import Devnet
@@ -39,21 +39,6 @@ def start_daemon(config: Path) -> subprocess.Popen[bytes]:
     env.pop("DAPI_SIGNER_KEY", None)
     return subprocess.Popen([sys.executable, "-m", "dapi", "run", "--config", str(config)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def until(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-        except httpx.HTTPError:
-            value = False
-        if value:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) -> None:
@@ -84,9 +69,9 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             async def in_window() -> bool:
                 return await daemon_height() >= ctx.start_of_poc + 1
 
-            await until(in_window, "the PoC exchange window")
+            await wait_for(in_window, what="the PoC exchange window", timeout=30, ignore=(httpx.HTTPError,))
             devnet.pause_at(devnet.chain.height + 1)
-            await until(lambda: devnet.paused, "the chain to pause")
+            await wait_for(lambda: devnet.paused, what="the chain to pause", timeout=30, ignore=(httpx.HTTPError,))
             assert devnet.chain.height < ctx.poc_exchange_window.end - 3
             devnet.inject_checktx_fault(10**6, code=20)
             for i in range(BATCHES):
@@ -116,14 +101,14 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
                             if isinstance(m, MsgSubmitPocBatch) and m.nonces and m.nonces[0] >= MARK})
 
             try:
-                await until(lambda: in_mempool() == BATCHES, "every batch in the mempool", timeout=60)
+                await wait_for(lambda: in_mempool() == BATCHES, what="every batch in the mempool", timeout=60, ignore=(httpx.HTTPError,))
             except AssertionError:
                 counts = (await http.get(ports.admin_api + "/admin/v1/outbox")).json()
                 raise AssertionError(f"{in_mempool()} of {BATCHES} in the mempool; outbox {counts['counts']}, "
                                      f"pending {counts['pending'][:3]}") from None
             devnet.resume_blocks()
             try:
-                await until(lambda: len(ours()) == BATCHES, f"{BATCHES} batches on chain", timeout=60)
+                await wait_for(lambda: len(ours()) == BATCHES, what=f"{BATCHES} batches on chain", timeout=60, ignore=(httpx.HTTPError,))
             except AssertionError:
                 dead = (await http.get(ports.admin_api + "/admin/v1/outbox/dead-letters")).json()["dead_letters"]
                 raise AssertionError(f"{len(ours())} of {BATCHES} on chain; dead letters: {dead[:3]}") from None

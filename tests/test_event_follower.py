@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+from waiting import wait_for
 from websockets.asyncio.server import ServerConnection, serve
 
 from dapi.chain.errors import ChainUnavailable
@@ -118,13 +119,6 @@ async def node() -> AsyncIterator[tuple[ScriptedNode, str, str]]:
     await http.stop()
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_every_height_once_and_in_order_across_a_disconnect(node: tuple[ScriptedNode, str, str]) -> None:
     scripted, ws_url, rpc_url = node
     seen: list[tuple[int, str, bool]] = []
@@ -140,13 +134,13 @@ async def test_every_height_once_and_in_order_across_a_disconnect(node: tuple[Sc
     try:
         for h in (10, 11, 12):
             scripted.heads.put_nowait(h)
-        await wait_until(lambda: len(seen) == 3)
+        await wait_for(lambda: len(seen) == 3)
         scripted.heads.put_nowait(None)  # drop the connection
-        await wait_until(lambda: subscription.connects == 2)
+        await wait_for(lambda: subscription.connects == 2)
         # After the reconnect the node is already at 16, and announces 15 late (an old frame).
         for h in (16, 15, 17):
             scripted.heads.put_nowait(h)
-        await wait_until(lambda: follower.last_height == 17)
+        await wait_for(lambda: follower.last_height == 17)
     finally:
         await subscription.stop()
         await follower.stop()
@@ -173,7 +167,7 @@ async def test_missed_block_fetch_is_retried_until_rpc_answers(node: tuple[Scrip
     try:
         await follower.on_block(NewBlock(5, block_hash(5)))
         await follower.on_block(NewBlock(8, block_hash(8)))
-        await wait_until(lambda: follower.last_height == 8)
+        await wait_for(lambda: follower.last_height == 8)
     finally:
         await follower.stop()
         await rpc.aclose()
@@ -192,7 +186,7 @@ async def test_block_is_retried_while_the_chain_is_unavailable() -> None:
     follower.start()
     try:
         await follower.on_block(NewBlock(3, block_hash(3)))
-        await wait_until(lambda: follower.last_height == 3)
+        await wait_for(lambda: follower.last_height == 3)
     finally:
         await follower.stop()
     assert attempts == [3, 3, 3, 3] and follower.processed == 1
@@ -211,7 +205,7 @@ async def test_a_bug_in_processing_skips_the_block_but_not_the_next() -> None:
     try:
         await follower.on_block(NewBlock(1, block_hash(1)))
         await follower.on_block(NewBlock(2, block_hash(2)))
-        await wait_until(lambda: follower.last_height == 2)
+        await wait_for(lambda: follower.last_height == 2)
     finally:
         await follower.stop()
     assert seen == [2]
@@ -224,7 +218,7 @@ async def test_reconnects_while_the_node_is_unreachable() -> None:
     subscription = ChainSubscription("ws://127.0.0.1:9/websocket", ignore, backoff_initial=0.01, backoff_max=0.02)
     subscription.start()
     try:
-        await wait_until(lambda: "Error" in subscription.last_error or "refused" in subscription.last_error.lower())
+        await wait_for(lambda: "Error" in subscription.last_error or "refused" in subscription.last_error.lower())
         assert not subscription.connected.is_set()
     finally:
         await subscription.stop()

@@ -102,14 +102,6 @@ def signer_factory(key: SigningKey = ACCOUNT_KEY) -> Callable[[], asyncio.Future
     return make  # type: ignore[return-value]
 
 
-async def wait_for(predicate: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 async def wait_counts(outbox: Outbox, **expected: int) -> dict[str, int]:
     deadline = asyncio.get_running_loop().time() + 10.0
     while True:

@@ -6,12 +6,12 @@ produce them on demand; the in-block failure is real (a PoC batch for a stage th
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
+from waiting import wait_for
 
 from dapi.chain.broadcast import GrpcBroadcaster
 from dapi.chain.outbox import Outbox
@@ -48,29 +48,17 @@ async def chain_and_outbox(tmp_path: Path) -> AsyncIterator[tuple[Devnet, Outbox
             await query.aclose()
 
 
-async def until(predicate, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_retriable_rejection_then_acceptance(chain_and_outbox: tuple[Devnet, Outbox]) -> None:
     devnet, outbox = chain_and_outbox
     own = devnet.own.address
     devnet.inject_checktx_fault(2, code=20)  # "mempool is full", twice
     await outbox.submit(MsgSubmitSeed(creator=own, epoch_index=77, signature="ab" * 64))
-    await until(lambda: any(s.participant == own for s in devnet.chain.seeds(77)), "the seed on chain")
+    await wait_for(lambda: any(s.participant == own for s in devnet.chain.seeds(77)), what="the seed on chain", timeout=20)
 
     async def landed() -> bool:
         return len(await outbox.landed()) == 1
 
-    await until(landed, "the outbox to see it landed")
+    await wait_for(landed, what="the outbox to see it landed", timeout=20)
     [row] = await outbox.landed()
     assert row.attempts == 3 and row.height is not None
     assert outbox.metrics is not None and outbox.metrics.tx_retries._value.get() >= 2
@@ -87,7 +75,7 @@ async def test_non_retriable_rejection_is_dead_lettered_and_visible(chain_and_ou
     async def dead() -> bool:
         return len(await outbox.dead_letters()) == 1
 
-    await until(dead, "the dead letter")
+    await wait_for(dead, what="the dead letter", timeout=20)
     [letter] = await outbox.dead_letters()
     assert (letter.stage, letter.code, letter.codespace, letter.log) == ("checktx", 13, "sdk", "insufficient fee")
     assert devnet.chain.seeds(78) == []
@@ -108,7 +96,7 @@ async def test_failure_in_the_block_is_dead_lettered_with_the_chain_code(chain_a
     async def dead() -> bool:
         return len(await outbox.dead_letters()) == 1
 
-    await until(dead, "the dead letter")
+    await wait_for(dead, what="the dead letter", timeout=20)
     [letter] = await outbox.dead_letters()
     assert letter.stage == "deliver" and letter.codespace == "inference" and letter.code != 0 and letter.log
     assert (await outbox.counts())["landed"] == 0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from google.protobuf.message import Message
-
+from dapi.chain.outbox import TxSink
 from dapi.chain.query import ChainQuery
 from dapi.chain.rpc import CometRPC
 from dapi.gen.inference.inference.epoch_group_data_pb2 import EpochGroupData
@@ -29,12 +28,6 @@ class BrokerChain(Protocol):
     async def block_hash(self, height: int) -> str:
         """The block's hash as CometBFT prints it (uppercase hex)."""
         ...
-
-
-class TxSink(Protocol):
-    """Accepts a message for signing and broadcast (the durable outbox implements it)."""
-
-    async def submit(self, msg: Message) -> None: ...
 
 
 class ChainAdapter:

@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -80,6 +80,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     attempts INTEGER NOT NULL
 );
 """
+
+
+class TxSink(Protocol):
+    """Where components hand chain messages for signing and broadcast (the outbox; a list in tests)."""
+
+    async def submit(self, msg: Message) -> int | None: ...
 
 
 class OutboxClosed(RuntimeError):

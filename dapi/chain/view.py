@@ -54,11 +54,7 @@ class ChainView:
     def __init__(self) -> None:
         self.snapshot: ChainSnapshot | None = None
         self.updated_at: float | None = None  # monotonic time of the last processed block
-        self.catching_up: bool | None = None
-        self.last_error: str = ""
 
     def update(self, snapshot: ChainSnapshot) -> None:
         self.snapshot = snapshot
-        self.catching_up = not snapshot.synced
         self.updated_at = time.monotonic()
-        self.last_error = ""

@@ -9,8 +9,7 @@ Ports: the defaults of DESIGN.md §4.1 (chain RPC 26657, gRPC 9090, sim ML nodes
 9000/9100/9200 go into the config), `--base-port P` lays them out from P (see PortLayout.from_base),
 and `--base-port 0` lets the OS choose every port (the daemon's are probed free ones).
 
-`dapi.cli` wires `run_no_daemon` into `dapi devnet`; `python -m dapi.devnet.cli devnet --no-daemon ...`
-runs it directly until then.
+`dapi.cli` calls `run_no_daemon` for `dapi devnet --no-daemon` and `run_with_daemon` otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
 from dapi.devnet.runner import Devnet
 from dapi.logs import configure_logging
 
-__all__ = ["main", "run_no_daemon", "run_with_daemon"]
+__all__ = ["run_no_daemon", "run_with_daemon"]
 
 
 def _free_port(host: str = "127.0.0.1") -> int:
@@ -272,18 +270,3 @@ def _summary(devnet: Devnet, healthy: bool, reason: str) -> dict[str, Any]:
         "peer_txs_failed": len(devnet.peers.failed()),
         "claims": len(devnet.chain.claims()),
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m dapi.devnet.cli devnet --no-daemon --write-config PATH [...]` (the `dapi` parser)."""
-    from dapi.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    if getattr(args, "command", None) != "devnet" or not args.no_daemon:
-        print("usage: python -m dapi.devnet.cli devnet --no-daemon --write-config PATH [options]", file=sys.stderr)
-        return 2
-    return asyncio.run(run_no_daemon(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -210,11 +210,11 @@ class DevnetSession:
 
     @property
     def public_url(self) -> str:
-        return self.daemon.servers["public"].url.replace("0.0.0.0", "127.0.0.1")
+        return self.daemon.servers["public"].url
 
     @property
     def ml_url(self) -> str:
-        return self.daemon.servers["ml"].url.replace("0.0.0.0", "127.0.0.1")
+        return self.daemon.servers["ml"].url
 
     @property
     def admin_url(self) -> str:

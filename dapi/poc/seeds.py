@@ -12,20 +12,15 @@ from __future__ import annotations
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from google.protobuf.message import Message
+from typing import Any
 
 from dapi.chain.keys import SigningKey
+from dapi.chain.outbox import TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgClaimRewards, MsgSubmitSeed
 from dapi.jsonfile import load_json, save_json
 from dapi.logs import get_logger
 
 log = get_logger(__name__)
-
-
-class TxSink(Protocol):
-    async def submit(self, msg: Message) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

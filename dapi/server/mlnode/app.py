@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from dapi.chain.keys import address_from_key_bytes
-from dapi.chain.outbox import OutboxClosed
+from dapi.chain.outbox import OutboxClosed, TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
@@ -30,11 +30,9 @@ class NodeLookup(Protocol):
     def node_id_by_num(self, node_num: int) -> str | None: ...
 
 
-class Outbox(Protocol):
+class Outbox(TxSink, Protocol):
     @property
     def can_send(self) -> bool: ...
-
-    async def submit(self, msg: Message) -> int: ...
 
 
 NonNegative = Annotated[int, Field(ge=0, le=2**63 - 1)]
