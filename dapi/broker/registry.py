@@ -30,6 +30,8 @@ class NodeEntry:
 class NodeRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, NodeEntry] = {}
+        # Every PoC batch callback maps a node number to its node: a lookup, not a scan of every node.
+        self._by_num: dict[int, NodeEntry] = {}
 
     def __iter__(self) -> Iterator[NodeEntry]:
         # A copy: callers await inside loops, and a registration meanwhile must not break the iteration.
@@ -52,15 +54,16 @@ class NodeRegistry:
         if entry.node.id in self._entries:
             raise ValueError(f"node {entry.node.id!r} is already registered")
         self._entries[entry.node.id] = entry
+        self._by_num[entry.node.node_num] = entry
 
     def pop(self, node_id: str) -> NodeEntry | None:
-        return self._entries.pop(node_id, None)
+        entry = self._entries.pop(node_id, None)
+        if entry is not None and self._by_num.get(entry.node.node_num) is entry:
+            del self._by_num[entry.node.node_num]
+        return entry
 
     def by_num(self, node_num: int) -> NodeEntry | None:
-        for entry in self._entries.values():
-            if entry.node.node_num == node_num:
-                return entry
-        return None
+        return self._by_num.get(node_num)
 
     def highest_node_num(self) -> int:
         return max((e.node.node_num for e in self._entries.values()), default=0)
