@@ -20,14 +20,17 @@ class ChainClient:
     rpc: CometRPC
     query: ChainQuery
     broadcaster: Broadcaster
+    http: httpx.AsyncClient  # the one RPC connection pool, shared by the three
 
     async def aclose(self) -> None:
         await self.query.aclose()
         await self.broadcaster.aclose()
         await self.rpc.aclose()
+        await self.http.aclose()
 
 
-def connect(chain_node: ChainNodeConfig, *, http: httpx.AsyncClient | None = None) -> ChainClient:
+def connect(chain_node: ChainNodeConfig) -> ChainClient:
+    http = httpx.AsyncClient(timeout=10.0)
     rpc = CometRPC(chain_node.url, http=http)
     transport: QueryTransport
     broadcaster: Broadcaster
@@ -35,7 +38,7 @@ def connect(chain_node: ChainNodeConfig, *, http: httpx.AsyncClient | None = Non
         transport = GrpcTransport(chain_node.grpc_url)
         broadcaster = GrpcBroadcaster(chain_node.grpc_url)
     else:
-        # Separate RPC objects so closing one side never closes the pool the other still uses.
-        transport = AbciTransport(CometRPC(chain_node.url, http=http))
-        broadcaster = RpcBroadcaster(CometRPC(chain_node.url, http=http))
-    return ChainClient(rpc=rpc, query=ChainQuery(transport), broadcaster=broadcaster)
+        # The same RPC client: it does not own the shared pool, so closing one side leaves the others.
+        transport = AbciTransport(rpc)
+        broadcaster = RpcBroadcaster(rpc)
+    return ChainClient(rpc=rpc, query=ChainQuery(transport), broadcaster=broadcaster, http=http)
