@@ -8,6 +8,7 @@ killed with SIGKILL, the chain recovers, the daemon is started again from the sa
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from dapi.devnet.daemon_config import DaemonPorts
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
 
 BATCHES = 100
+TX_TIMEOUT = 5.0  # the outbox's tx validity, and its resend grace (min(5 s, validity))
 MARK = 10**12  # nonces no simulated ML node produces, so our batches are recognisable on chain
 
 
@@ -46,10 +48,12 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
         ports = DaemonPorts(free_port(), free_port(), free_port())
         config = tmp_path / "config.yaml"
         devnet.write_daemon_config(config, ports=ports, data_dir=tmp_path / "data")
-        # A tx in flight when the process dies is looked up again, and re-sent once its own timeout
-        # has passed; a short timeout keeps that path inside the test's time.
+        # A tx whose broadcast was in flight when the process died is re-sent only once its own
+        # timeout (plus grace) has passed, so that it can never land twice. The test restarts the
+        # daemon after that point, so every batch is signed afresh at the restart and all of them sit
+        # in the mempool together, unexpired, before the few blocks left of the exchange window.
         settings = yaml.safe_load(config.read_text())
-        settings.setdefault("outbox", {})["tx_timeout"] = 2.0
+        settings.setdefault("outbox", {})["tx_timeout"] = TX_TIMEOUT
         config.write_text(yaml.safe_dump(settings))
         params = devnet.genesis.epoch_params
         ctx = EpochContext(1, params.epoch_length, params)
@@ -91,6 +95,7 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
                 daemon.wait()
 
         devnet.clear_checktx_faults()
+        await asyncio.sleep(2 * TX_TIMEOUT + 0.5)  # past every signed tx's timeout and grace
         daemon = start_daemon(config)
         try:
             # Resume only once the mempool holds every one of them, so that the few blocks left of the
