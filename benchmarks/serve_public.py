@@ -20,7 +20,7 @@ from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.params_pb2 import Decimal
 from dapi.server.public.app import create_public_app, render_models, render_pricing
-from dapi.serving import EmbeddedServer
+from dapi.runtime.serving import EmbeddedServer
 
 
 def ten_models() -> tuple[Model, ...]:

@@ -12,8 +12,6 @@ chain connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -39,10 +37,13 @@ from dapi.metrics import Metrics
 from dapi.node_store import NodeStore
 from dapi.poc.seeds import SeedManager
 from dapi.poc.validation import BatchValidator
+from dapi.runtime.backoff import Backoff
+from dapi.runtime.serving import EmbeddedServer, bind_socket
+from dapi.runtime.signals import install_stop_signals
+from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
 from dapi.server.mlnode.app import create_mlnode_app
 from dapi.server.public.app import create_public_app
-from dapi.serving import EmbeddedServer, bind_socket
 
 log = get_logger("dapi.daemon")
 
@@ -106,7 +107,7 @@ class Daemon:
         self.follower: BlockFollower | None = None
         self.subscription: ChainSubscription | None = None
         self.servers: dict[str, EmbeddedServer] = {}
-        self._registration: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("daemon")
         self.registration_error = ""
         self.should_exit = asyncio.Event()
 
@@ -170,7 +171,7 @@ class Daemon:
             tx_sink=tx_sink,
         )
         await self.broker.start()
-        self._registration = asyncio.create_task(self._register_nodes(), name="register-nodes")
+        self._tasks.spawn(self._register_nodes(), "register-nodes")
         await self._start_servers(sockets)
         self.seeds = SeedManager(self.data_dir / "seeds.json", key=self.identity.signer,
                                  account_address=self.identity.account_address, tx_sink=tx_sink)
@@ -217,7 +218,7 @@ class Daemon:
         """Register the configured (and admin-added) nodes, retrying while governance cannot be read."""
         assert self.broker is not None
         pending = self.store.effective(list(self.config.nodes))
-        delay = 1.0
+        backoff = Backoff(1.0, 30.0)
         while pending:
             results = await self.broker.register_many(pending)
             retry = []
@@ -229,9 +230,10 @@ class Daemon:
             pending = retry
             if pending:
                 self.registration_error = f"{len(pending)} node(s) waiting for the chain's governance models"
-                log.warning("node registration waits for the chain", nodes=[c.id for c in pending], retry_in=delay)
+                delay = backoff.failed(self.registration_error)
+                log.warning("node registration waits for the chain", nodes=[c.id for c in pending],
+                            retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
-                delay = min(30.0, delay * 2)
         self.registration_error = ""
         # Tell the chain about the nodes now rather than a sync interval later: an epoch formed before
         # the chain knows them would leave them without a model.
@@ -261,10 +263,7 @@ class Daemon:
             await bounded("ml server", self.servers.pop("ml").stop(1.0))
         if self.dispatcher is not None:
             await bounded("dispatcher duties", self.dispatcher.stop())
-        if self._registration is not None:
-            self._registration.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._registration
+        await self._tasks.stop()
         if self.outbox is not None:
             await bounded("outbox", self.outbox.stop())
         if self.broker is not None:
@@ -334,12 +333,11 @@ async def run(config: Config) -> int:
     """Run until SIGTERM/SIGINT; 0 after a graceful stop."""
     identity = resolve_identity(config)
     daemon = Daemon(config, identity)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.should_exit.set)
+    remove_signals = install_stop_signals(daemon.should_exit)
     try:
         await daemon.start()
         await daemon.should_exit.wait()
     finally:
         await daemon.stop()
+        remove_signals()
     return 0

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from dapi.config import NodeConfig
-from dapi.jsonfile import load_json, save_json
 from dapi.logs import get_logger
+from dapi.runtime.jsonfile import load_json, save_json
 
 log = get_logger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from dapi.runtime.backoff import capped_delay
 from dapi.broker.rules import (
     ModelChoice,
-    backoff_delay,
     choose_inference_model,
     hardware_diff,
     hardware_nodes_equal,
@@ -252,8 +252,8 @@ def test_a_node_serving_the_wrong_model_needs_reconcile() -> None:
 
 
 def test_backoff_doubles_and_is_capped() -> None:
-    assert [backoff_delay(n, 1.0, 60.0) for n in range(0, 9)] == [0.0, 1, 2, 4, 8, 16, 32, 60, 60]
-    assert backoff_delay(10_000, 1.0, 60.0) == 60.0
+    assert [capped_delay(n, 1.0, 60.0) for n in range(0, 9)] == [0.0, 1, 2, 4, 8, 16, 32, 60, 60]
+    assert capped_delay(10_000, 1.0, 60.0) == 60.0
 
 
 # --- availability for inference (reference §6.1 with fix 3) ---------------------------------------

@@ -44,7 +44,7 @@ from dapi.gen.inference.inference import (
     pocbatch_pb2,
 )
 from dapi.gen.inference.inference import query_pb2 as q
-from dapi.serving import start_server
+from dapi.runtime.serving import start_server
 
 ADDRESS = "gonka1helduaxd0n4q3mp6w8f5vt8x2u6t9whf74jpwe"
 BLOCK_HASH = "4F1E0C8D9A7B6E5D4C3B2A1908F7E6D5C4B3A29180706F5E4D3C2B1A09F8E7D6"

@@ -36,7 +36,7 @@ from dapi.devnet.wire.convert import hardware_node_from_proto
 from dapi.gen.inference.inference import epoch_group_data_pb2, hardware_node_pb2
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.mlnodeclient.models import ProofBatch
-from dapi.serving import start_server
+from dapi.runtime.serving import start_server
 
 BLOCK_TIME = 0.02
 

@@ -32,7 +32,7 @@ from dapi.event_listener.subscription import (
     NewBlock,
     parse_new_block,
 )
-from dapi.serving import start_server
+from dapi.runtime.serving import start_server
 
 
 def block_hash(height: int) -> str:

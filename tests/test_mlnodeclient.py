@@ -40,7 +40,7 @@ from dapi.mlnodeclient import (
     node_base_url,
     poc_batches_url,
 )
-from dapi.serving import EmbeddedServer
+from dapi.runtime.serving import EmbeddedServer
 
 # reference/http.md §4.1: the body BuildInitDto produces, with MainNetParams spelled out.
 MAINNET_PARAMS_JSON = {

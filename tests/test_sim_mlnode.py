@@ -25,7 +25,7 @@ from dapi.devnet.mlnode import (
     start_sim_mlnodes,
 )
 from dapi.mlnodeclient import DEFAULT_R_TARGET, MAINNET_PARAMS
-from dapi.serving import EmbeddedServer
+from dapi.runtime.serving import EmbeddedServer
 
 INTERVAL = 0.05
 PUBKEY = "02" + "ab" * 32

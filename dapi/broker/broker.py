@@ -46,6 +46,7 @@ from dapi.config import BrokerConfig, NodeConfig
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
 from dapi.logs import get_logger
 from dapi.mlnodeclient import DEFAULT_TIMEOUTS, MLNodeClient, MLNodeTimeouts
+from dapi.runtime.tasks import TaskOwner
 
 __all__ = ["Broker", "BrokerMetrics", "CommandResult", "NodeHandle"]
 
@@ -132,7 +133,7 @@ class Broker:
         )
         self._hardware = HardwareSync(self._registry, chain, participant_address, tx_sink)
         self._reserved_ids: set[str] = set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskOwner("broker")
         self._retiring: set[asyncio.Task[None]] = set()
         self._jobs_run = 0
         self._jobs_failed = 0
@@ -152,19 +153,13 @@ class Broker:
                 await self._epoch_sync.refresh_governance()
             except ChainError as exc:
                 log.warning("governance models not loaded at start; retried with the hardware sync", error=str(exc))
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._reconciler.run(), name="broker-reconciler"),
-            loop.create_task(self._poller.run(), name="broker-status-poller"),
-            loop.create_task(self._chain_sync_loop(), name="broker-hardware-sync"),
-        ]
+        self._tasks.spawn(self._reconciler.run(), "broker-reconciler")
+        self._tasks.spawn(self._poller.run(), "broker-status-poller")
+        self._tasks.spawn(self._chain_sync_loop(), "broker-hardware-sync")
 
     async def stop(self) -> None:
         """Stop the loops, cancel every node's work, close what the broker owns."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await self._tasks.stop()
         workers = [t for e in self._registry if (t := e.worker.close()) is not None]
         await asyncio.gather(*workers, *self._retiring, return_exceptions=True)
         for entry in self._registry:

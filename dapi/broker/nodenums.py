@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from dapi.broker.errors import BrokerError
-from dapi.jsonfile import write_json_atomic
+from dapi.runtime.jsonfile import write_json_atomic
 
 __all__ = ["FILE_NAME", "NodeNumStoreError", "NodeNumbers"]
 

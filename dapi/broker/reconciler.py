@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from dapi.broker.chain import BrokerChain
 from dapi.broker.jobs import InferenceUpJob, InitValidateJob, NodeJob, NodeResult, StartPocJob, StopJob
 from dapi.broker.registry import NodeEntry, NodeRegistry
-from dapi.broker.rules import ModelChoice, backoff_delay, choose_inference_model, needs_reconcile
+from dapi.broker.rules import ModelChoice, choose_inference_model, needs_reconcile
 from dapi.broker.state import EpochState, NodeStatus, PocStatus, ReconcileInfo
 from dapi.chain.errors import ChainError
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.logs import get_logger
 from dapi.mlnodeclient import build_init_dto
+from dapi.runtime.backoff import capped_delay
 
 __all__ = ["PassReport", "PocParams", "Reconciler", "desired_choice"]
 
@@ -266,7 +267,7 @@ class Reconciler:
         else:
             st.failure_reason = result.error
             entry.failures += 1
-            delay = backoff_delay(entry.failures, self._backoff_base, self._backoff_max)
+            delay = capped_delay(entry.failures, self._backoff_base, self._backoff_max)
             entry.retry_at = self._clock() + delay
             log.warning(
                 "node job failed",

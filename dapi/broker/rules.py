@@ -22,7 +22,6 @@ __all__ = [
     "PRE_POC_SLOT",
     "ModelChoice",
     "Target",
-    "backoff_delay",
     "choose_inference_model",
     "hardware_diff",
     "hardware_nodes_equal",
@@ -203,13 +202,6 @@ def needs_reconcile(state: NodeState, desired_model: str | None = None) -> bool:
     if intended is NodeStatus.INFERENCE and desired_model is not None and state.served_model is not None:
         return state.served_model != desired_model
     return False
-
-
-def backoff_delay(failures: int, base: float, cap: float) -> float:
-    """Delay before the next attempt after `failures` consecutive failures: base * 2^(n-1), at most cap."""
-    if failures <= 0:
-        return 0.0
-    return min(cap, base * 2.0 ** min(failures - 1, 62))
 
 
 # --- inference routing ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dapi.broker.jobs import NodeJob, NodeResult
 from dapi.logs import get_logger
 from dapi.mlnodeclient import MLNodeClient
+from dapi.runtime.tasks import TaskOwner
 
 __all__ = ["DEFAULT_CAPACITY", "NodeWorker", "ResultCallback"]
 
@@ -47,14 +48,14 @@ class NodeWorker:
         self._running: tuple[NodeJob, asyncio.Task[NodeResult]] | None = None
         self._cancelled: set[int] = set()
         self._closed = False
+        self._tasks = TaskOwner(f"node-worker-{node_id}")
         self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"node-worker-{self.node_id}")
-            self._task.add_done_callback(self._on_loop_done)
+            self._task = self._tasks.spawn(self._loop(), f"node-worker-{self.node_id}")
 
     @property
     def pending(self) -> int:
@@ -123,7 +124,7 @@ class NodeWorker:
                 self._cancelled.discard(job.job_id)
                 self._report(job, NodeResult.cancelled())
                 continue
-            task = asyncio.get_running_loop().create_task(self._execute(job), name=f"job-{self.node_id}-{job.job_id}")
+            task = self._tasks.spawn(self._execute(job), f"job-{self.node_id}-{job.job_id}")
             self._running = (job, task)
             try:
                 await asyncio.wait({task})
@@ -153,9 +154,3 @@ class NodeWorker:
         except Exception:
             log.exception("applying a job result failed", node_id=self.node_id, job=repr(job))
 
-    def _on_loop_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("node worker died", node_id=self.node_id, exc_info=exc)

@@ -41,6 +41,8 @@ from dapi.chain.tx import SignedTx, TxSigner
 from dapi.config import OutboxConfig
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
+from dapi.runtime.backoff import Backoff, capped_delay
+from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -50,6 +52,7 @@ RETRIABLE_SDK_CODES = frozenset({20, 30, 32, 42})  # mempool full, timeout heigh
 ALREADY_IN_MEMPOOL = 19
 LANDED_KEPT = 7 * 24 * 3600.0
 UNAUTHORIZED = 4  # signature verification failed: the account number we signed with may be stale
+RETRY_BACKOFF_INITIAL = 0.5  # seconds before the first retry of a failed broadcast
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -238,10 +241,10 @@ class Outbox:
         self._store: OutboxStore | None = None
         self._signer: TxSigner | None = None
         self._intake: asyncio.Queue[tuple[str, Message, asyncio.Future[int]]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskOwner("outbox")
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends = TaskOwner("outbox-sends")
         self._accepting = False
         self._drained = asyncio.Event()  # set while nothing accepted is waiting for its commit
         self._drained.set()
@@ -256,7 +259,7 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
         self._store = await self._db(OutboxStore, self.path)
         self._accepting = True
-        self._tasks.append(asyncio.create_task(self._guard(self._writer_loop, "outbox-writer")))
+        self._tasks.supervise(self._writer_loop, "outbox-writer", backoff=Backoff(1.0, 1.0))
 
     async def start(self) -> None:
         """Start sending; without a signer the outbox keeps what it holds and sends nothing."""
@@ -266,43 +269,26 @@ class Outbox:
         if not self.can_send:
             log.warning("outbox is read-only: no signer key, nothing will be broadcast")
             return
-        self._tasks.append(asyncio.create_task(self._guard(self._sender_loop, "outbox-sender")))
-        self._tasks.append(asyncio.create_task(self._guard(self._observer_loop, "outbox-observer")))
+        self._tasks.supervise(self._sender_loop, "outbox-sender", backoff=Backoff(1.0, 1.0))
+        self._tasks.supervise(self._observer_loop, "outbox-observer", backoff=Backoff(1.0, 1.0))
 
     async def stop(self) -> None:
         """Stop intake, commit everything already accepted, then stop sending; the file stays consistent."""
         self._accepting = False
         # Everything already accepted gets its commit (and its caller its answer) before we stop.
-        if self._tasks:
+        if self._tasks.running:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), 10.0)
         # Broadcasts in flight are cut: their rows are recorded as sent (or still pending) and the next
         # start looks them up or sends them again, so nothing is lost.
-        running = [*self._tasks, *self._sends]
-        for task in running:
-            task.cancel()
-        for task in running:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
+        await self._tasks.stop()
+        await self._sends.stop()
         if self._store is not None:
             await self._db(self._store.close)
             self._store = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-
-    async def _guard(self, loop: Callable[[], Awaitable[None]], name: str) -> None:
-        while True:
-            try:
-                await loop()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A crashed loop would silently stop delivery: log it and start the loop again.
-                log.exception("outbox task crashed; restarting it", task=name)
-                await asyncio.sleep(1.0)
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
@@ -368,7 +354,7 @@ class Outbox:
         return self._signer
 
     def _backoff(self, attempts: int) -> float:
-        return float(min(self.settings.retry_backoff_max, 0.5 * 2 ** min(attempts, 16)))
+        return capped_delay(attempts + 1, RETRY_BACKOFF_INITIAL, self.settings.retry_backoff_max)
 
     async def _sender_loop(self) -> None:
         store = self._store_or_raise()
@@ -379,9 +365,8 @@ class Outbox:
             rows = await self._db(store.due, time.time(), free, set(self._in_flight)) if free > 0 else []
             for row_id, type_url, body, attempts in rows:
                 self._in_flight.add(row_id)
-                task = asyncio.create_task(self._send_one(limiter, row_id, type_url, body, attempts))
-                self._sends.add(task)
-                task.add_done_callback(self._sends.discard)
+                send = self._send_one(limiter, row_id, type_url, body, attempts)
+                task = self._sends.spawn(send, f"outbox-send-{row_id}")
                 task.add_done_callback(lambda _t, r=row_id: self._sent_done(r))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from dapi.devnet.daemon_config import DaemonPorts, PortLayout
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
 from dapi.devnet.runner import Devnet
 from dapi.logs import configure_logging
+from dapi.runtime.signals import install_stop_signals
+from dapi.runtime.tasks import TaskOwner
 
 __all__ = ["run_no_daemon", "run_with_daemon"]
 
@@ -84,14 +85,7 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
 
     devnet = Devnet(genesis, rpc_port=layout.chain_rpc, grpc_port=layout.chain_grpc, mlnode_port=layout.mlnodes)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
-            pass
+    remove_signals = install_stop_signals(stop)
     try:
         try:
             await devnet.start()
@@ -118,21 +112,8 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
         finally:
             await devnet.stop()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_signals()
     return 0 if healthy else 1
-
-
-def _install_stop_handlers(stop: asyncio.Event) -> list[signal.Signals]:
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or no signal support
-            pass
-    return installed
 
 
 async def run_with_daemon(args: argparse.Namespace) -> int:
@@ -160,7 +141,8 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
         print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
         return 2
     stop = asyncio.Event()
-    installed = _install_stop_handlers(stop)
+    remove_signals = install_stop_signals(stop)
+    tasks = TaskOwner("devnet-command")
     try:
         session = DevnetSession(
             participants=args.participants, nodes_per_participant=args.nodes_per_participant,
@@ -185,14 +167,13 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
 
             watch = HealthWatch(session, on_epoch=on_epoch)
             epochs = getattr(args, "epochs", None)
-            watching = asyncio.create_task(watch.run(epochs), name="devnet-health-watch")
-            waiting = asyncio.create_task(stop.wait())
+            watching = tasks.spawn(watch.run(epochs), "devnet-health-watch")
+            waiting = tasks.spawn(stop.wait(), "devnet-stop-signal")
             if live:
                 await _live(session, watching, waiting)
             else:
                 await asyncio.wait({watching, waiting}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (watching, waiting):
-                task.cancel()
+            await tasks.stop()
             crashed = None
             if watching.done() and not watching.cancelled() and watching.exception() is not None:
                 crashed = repr(watching.exception())
@@ -208,11 +189,10 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
             out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
             return 0 if verdict["healthy"] else 1
         finally:
+            await tasks.stop()
             await session.__aexit__(None, None, None)
     finally:
-        loop = asyncio.get_running_loop()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_signals()
 
 
 async def _live(session: Any, *tasks: asyncio.Task[Any]) -> None:

@@ -50,7 +50,7 @@ from pydantic import BaseModel, Field
 
 from dapi.mlnodeclient.client import default_ssl_context
 from dapi.mlnodeclient.models import InferenceUpRequest, MLNodeState, ProofBatch, ValidatedBatch
-from dapi.serving import EmbeddedServer
+from dapi.runtime.serving import EmbeddedServer
 
 log = logging.getLogger(__name__)
 

@@ -16,12 +16,10 @@ Order (reference/chain-io.md §2.6 to §2.8, with DESIGN.md §5 fixes 5 and 6):
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from dapi.broker import Broker
 from dapi.broker.state import EpochState
@@ -34,6 +32,7 @@ from dapi.logs import bind_context, get_logger
 from dapi.metrics import Metrics
 from dapi.poc.seeds import SeedManager
 from dapi.poc.validation import BatchValidator
+from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
 
@@ -71,7 +70,7 @@ class Dispatcher:
         self._clock = clock
         self._last_command_height = 0
         self._last_command_time = clock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskOwner("dispatcher")
         self.transitions: list[tuple[int, str]] = []  # (height, what), for status and tests
         # (height, phase, replayed) of the last blocks processed, oldest first.
         self.recent: deque[tuple[int, Phase, bool]] = deque(maxlen=2000)
@@ -79,26 +78,7 @@ class Dispatcher:
         self.commands: deque[tuple[int, str, bool]] = deque(maxlen=2000)
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except BaseException:  # cancelled, or already logged by _spawn
-                pass
-
-    def _spawn(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background duty failed", duty=name)
-
-        task = asyncio.create_task(guarded(), name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self._tasks.stop()
 
     async def process(self, block: NewBlock, replayed: bool) -> None:
         bind_context(height=block.height)
@@ -141,7 +121,7 @@ class Dispatcher:
         if ctx.is_start_of_poc_validation(h):
             self._note(h, "start of PoC validation")
             if self._validator is not None and await self._validation_window_open(ctx, replayed):
-                self._spawn("validate-batches", self._validator.validate_stage(ctx.start_of_poc))
+                self._tasks.spawn(self._validator.validate_stage(ctx.start_of_poc), "validate-batches")
         if ctx.is_end_of_poc_validation(h):
             self._note(h, "end of PoC validation")
             self._command(h, "InferenceUpAll", self._broker.inference_up_all().accepted)

@@ -8,14 +8,14 @@ block that fell into the gap still gets its transition (the reference silently s
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 from dapi.chain.errors import ChainError, ChainUnavailable
 from dapi.chain.rpc import CometRPC
-from dapi.event_listener.owned import OwnedTask
 from dapi.event_listener.subscription import NewBlock
 from dapi.logs import get_logger
+from dapi.runtime.backoff import Backoff
+from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
 
@@ -37,10 +37,10 @@ class BlockFollower:
         self._process = process
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._tasks = TaskOwner("block-follower")
         self._max_catch_up = max_catch_up
         self._attempts_on_error = attempts_on_error
         self._heads: asyncio.Queue[NewBlock] = asyncio.Queue()
-        self._task = OwnedTask(self._run, "block-follower")
         self.last_height: int | None = None
         self.replayed = 0
         self.processed = 0
@@ -50,10 +50,11 @@ class BlockFollower:
         self._heads.put_nowait(block)
 
     def start(self) -> None:
-        self._task.start()
+        if "block-follower" not in self._tasks:
+            self._tasks.spawn(self._run(), "block-follower")
 
     async def stop(self) -> None:
-        await self._task.stop()
+        await self._tasks.stop()
 
     async def _run(self) -> None:
         while True:
@@ -82,20 +83,20 @@ class BlockFollower:
         await self._handle(head, replayed=False)
 
     async def _fetch(self, height: int) -> NewBlock:
-        delay = self._backoff_initial
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
         while True:
             try:
                 info = await self._rpc.block(height)
                 return NewBlock(height=info.height, hash=info.hash)
             except ChainError as exc:
                 log.warning("cannot fetch a missed block yet; retrying", height=height, error=str(exc))
-                await asyncio.sleep(min(self._backoff_max, delay) * random.uniform(0.5, 1.0))
-                delay = min(self._backoff_max, delay * 2)
+                await backoff.wait(exc)
 
     async def _handle(self, block: NewBlock, *, replayed: bool) -> None:
-        delay = self._backoff_initial
-        failures = 0
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
+        chain_errors = 0
         while True:
+            error: Exception
             try:
                 await self._process(block, replayed)
                 break
@@ -103,9 +104,11 @@ class BlockFollower:
                 # The chain is down: no later block can be processed either, so wait for it.
                 log.warning("chain unavailable while processing a block; retrying it", height=block.height,
                             error=str(exc))
+                error = exc
             except ChainError as exc:
-                failures += 1
-                if failures >= self._attempts_on_error:
+                error = exc
+                chain_errors += 1
+                if chain_errors >= self._attempts_on_error:
                     log.error("giving up on a block after repeated chain errors", height=block.height,
                               error=str(exc))
                     break
@@ -117,7 +120,6 @@ class BlockFollower:
                 # A bug must not stall the chain follower: log it loudly and move on to the next height.
                 log.exception("processing a block failed; skipped", height=block.height)
                 break
-            await asyncio.sleep(min(self._backoff_max, delay) * random.uniform(0.5, 1.0))
-            delay = min(self._backoff_max, delay * 2)
+            await backoff.wait(error)
         self.last_height = block.height
         self.processed += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from dapi.event_listener.owned import OwnedTask
 from dapi.logs import get_logger
+from dapi.runtime.backoff import Backoff
+from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
 
@@ -83,19 +83,19 @@ class ChainSubscription:
         self._on_block = on_block
         self._on_event = on_event
         self._queries = (NEW_BLOCK_QUERY, *(TX_QUERIES if subscribe_txs else ()))
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._task = OwnedTask(self._run, "chain-websocket")
+        self._backoff = Backoff(backoff_initial, backoff_max)
+        self._tasks = TaskOwner("chain-websocket")
         self._connection: ClientConnection | None = None
         self.connected = asyncio.Event()
         self.connects = 0
         self.last_error: str = ""
 
     def start(self) -> None:
-        self._task.start()
+        if "chain-websocket" not in self._tasks:
+            self._tasks.spawn(self._run(), "chain-websocket")
 
     async def stop(self) -> None:
-        await self._task.stop()
+        await self._tasks.stop()
 
     async def drop_connection(self) -> None:
         """Close the current connection as a network failure would; the task reconnects."""
@@ -103,7 +103,6 @@ class ChainSubscription:
             await self._connection.close()
 
     async def _run(self) -> None:
-        delay = self._backoff_initial
         while True:
             try:
                 async with connect(self.ws_url, max_size=MAX_FRAME_BYTES, open_timeout=10,
@@ -112,7 +111,7 @@ class ChainSubscription:
                     await self._subscribe(ws)
                     self.connects += 1
                     self.connected.set()
-                    delay = self._backoff_initial
+                    self._backoff.succeeded()
                     log.info("chain websocket connected", url=self.ws_url)
                     await self._read(ws)
                 # A clean close by the node still means we want more blocks.
@@ -127,11 +126,10 @@ class ChainSubscription:
             finally:
                 self._connection = None
                 self.connected.clear()
-            sleep = min(self._backoff_max, delay) * random.uniform(0.5, 1.0)
+            sleep = self._backoff.failed(self.last_error)
             log.warning("chain websocket down; reconnecting", url=self.ws_url, error=self.last_error,
                         retry_in=round(sleep, 2))
             await asyncio.sleep(sleep)
-            delay = min(self._backoff_max, delay * 2)
 
     async def _subscribe(self, ws: ClientConnection) -> None:
         for number, query in enumerate(self._queries, start=1):

@@ -17,8 +17,8 @@ from typing import Any
 from dapi.chain.keys import SigningKey
 from dapi.chain.outbox import TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgClaimRewards, MsgSubmitSeed
-from dapi.jsonfile import load_json, save_json
 from dapi.logs import get_logger
+from dapi.runtime.jsonfile import load_json, save_json
 
 log = get_logger(__name__)
 

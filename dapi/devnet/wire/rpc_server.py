@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from dapi.devnet.chain import Block, DevnetChain, TxEvent, TxRecord
 from dapi.devnet.wire.queries import QueryError, QueryRouter, abci_error
 from dapi.logs import get_logger
-from dapi.serving import start_server
+from dapi.runtime.serving import start_server
 
 __all__ = ["CometRpcServer", "EventQuery", "block_json", "new_block_event", "tx_result_json"]
 
