@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from dapi import __version__
-from dapi.broker import Broker, ChainAdapter
+from dapi.broker import Broker, QueryChainReader
 from dapi.broker.errors import BrokerError, GovernanceUnavailable
 from dapi.chain.client import ChainClient, connect
 from dapi.chain.errors import ChainError
@@ -162,7 +162,7 @@ class Daemon:
         await self.outbox.start()
         tx_sink = self.outbox if self.identity.signer else None
         self.broker = Broker(
-            chain=ChainAdapter(chain.query, chain.rpc),
+            chain=QueryChainReader(chain.query, chain.rpc),
             participant_address=self.identity.account_address,
             participant_pubkey_hex=self.identity.pubkey_hex,
             poc_callback_url=cfg.api.poc_callback_url,

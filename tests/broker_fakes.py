@@ -72,7 +72,7 @@ def ml_node(node_id: str, pre_poc: bool = True, poc_slot: bool = False, weight: 
 
 
 class FakeChain:
-    """An in-memory BrokerChain: governance models, epoch groups, hardware nodes, block hashes.
+    """An in-memory ChainReader: governance models, epoch groups, hardware nodes, block hashes.
 
     `calls` counts every query by method name; `failures[method]` holds exceptions raised (and consumed)
     by the next calls of that method.
@@ -99,7 +99,7 @@ class FakeChain:
     def total_calls(self) -> int:
         return sum(self.calls.values())
 
-    # --- BrokerChain ---
+    # --- ChainReader ---
 
     async def models_all(self) -> list[Model]:
         self._enter("models_all")

@@ -20,7 +20,7 @@ from broker_fakes import (
     ml_node,
 )
 
-from dapi.broker import Broker, ChainAdapter, EpochState
+from dapi.broker import Broker, EpochState, QueryChainReader
 from dapi.chain.epochs import Epoch, EpochContext
 from dapi.chain.errors import ChainUnavailable
 from dapi.chain.rpc import BlockInfo
@@ -282,7 +282,7 @@ async def test_chain_adapter_maps_the_daemons_clients() -> None:
         async def block(self, height: int) -> BlockInfo:
             return BlockInfo(height, "ABC" + str(height))
 
-    adapter = ChainAdapter(Query(), Rpc())  # type: ignore[arg-type]
+    adapter = QueryChainReader(Query(), Rpc())  # type: ignore[arg-type]
     assert [m.id for m in await adapter.models_all()] == [MODEL_A]
     assert (await adapter.epoch_group_data(3, MODEL_B)).model_id == MODEL_B
     assert (await adapter.current_epoch_group_data()).epoch_index == 7

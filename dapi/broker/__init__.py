@@ -4,7 +4,7 @@ See `Broker` (broker.py) for the API; reference/broker.md and DESIGN.md §5 for 
 """
 
 from dapi.broker.broker import Broker, BrokerMetrics, CommandResult, NodeHandle
-from dapi.broker.chain import BrokerChain, ChainAdapter, TxSink
+from dapi.broker.chain_reader import ChainReader, QueryChainReader, TxSink
 from dapi.broker.epoch_data import EpochCache
 from dapi.broker.errors import (
     BrokerError,
@@ -30,10 +30,9 @@ from dapi.broker.state import (
 __all__ = [
     "AdminState",
     "Broker",
-    "BrokerChain",
     "BrokerError",
     "BrokerMetrics",
-    "ChainAdapter",
+    "ChainReader",
     "CommandResult",
     "DuplicateNode",
     "EpochCache",
@@ -49,6 +48,7 @@ __all__ = [
     "NodeState",
     "NodeStatus",
     "PocStatus",
+    "QueryChainReader",
     "ReconcileInfo",
     "TxSink",
     "node_response_json",

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapi.broker.chain import BrokerChain, TxSink
+from dapi.broker.chain_reader import ChainReader, TxSink
 from dapi.broker.epoch_data import EpochCache, EpochDataSync, EpochSnapshot
 from dapi.broker.errors import (
     BrokerError,
@@ -92,7 +92,7 @@ class Broker:
     def __init__(
         self,
         *,
-        chain: BrokerChain,
+        chain: ChainReader,
         participant_address: str,
         participant_pubkey_hex: str,
         poc_callback_url: str,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from dapi.broker.chain import BrokerChain
+from dapi.broker.chain_reader import ChainReader
 from dapi.broker.state import EpochState
 from dapi.chain.epochs import Phase
 from dapi.chain.errors import ChainError, ChainNotFound
@@ -107,7 +107,7 @@ class EpochCache:
 class EpochDataSync:
     """Fetches epoch groups when the epoch or phase changes and decides what the nodes should hold."""
 
-    def __init__(self, chain: BrokerChain, participant: str, cache: EpochCache) -> None:
+    def __init__(self, chain: ChainReader, participant: str, cache: EpochCache) -> None:
         self._chain = chain
         self._participant = participant
         self.cache = cache

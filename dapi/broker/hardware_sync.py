@@ -7,7 +7,7 @@ MsgSubmitHardwareDiff when anything differs. Host and port count in the comparis
 
 from __future__ import annotations
 
-from dapi.broker.chain import BrokerChain, TxSink
+from dapi.broker.chain_reader import ChainReader, TxSink
 from dapi.broker.registry import NodeRegistry
 from dapi.broker.rules import hardware_diff, to_chain_hardware_node
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
@@ -19,7 +19,7 @@ log = get_logger("dapi.broker.hardware_sync")
 
 
 class HardwareSync:
-    def __init__(self, registry: NodeRegistry, chain: BrokerChain, participant: str, tx_sink: TxSink | None) -> None:
+    def __init__(self, registry: NodeRegistry, chain: ChainReader, participant: str, tx_sink: TxSink | None) -> None:
         self._registry = registry
         self._chain = chain
         self._participant = participant

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from dapi.broker.chain import BrokerChain
+from dapi.broker.chain_reader import ChainReader
 from dapi.broker.jobs import InferenceUpJob, InitValidateJob, NodeJob, NodeResult, StartPocJob, StopJob
 from dapi.broker.registry import NodeEntry, NodeRegistry
 from dapi.broker.rules import ModelChoice, choose_inference_model, needs_reconcile
@@ -31,13 +31,13 @@ from dapi.logs import get_logger
 from dapi.mlnodeclient import build_init_dto
 from dapi.runtime.backoff import capped_delay
 
-__all__ = ["PassReport", "PocParams", "Reconciler", "desired_choice"]
+__all__ = ["PassReport", "PocStage", "Reconciler", "desired_choice"]
 
 log = get_logger("dapi.broker.reconciler")
 
 
 @dataclass(frozen=True, slots=True)
-class PocParams:
+class PocStage:
     height: int
     block_hash: str
 
@@ -65,7 +65,7 @@ class Reconciler:
         self,
         *,
         registry: NodeRegistry,
-        chain: BrokerChain,
+        chain: ChainReader,
         epoch_state: Callable[[], EpochState | None],
         governance: Callable[[], Mapping[str, Model]],
         participant_pubkey_hex: str,
@@ -87,7 +87,7 @@ class Reconciler:
         self._clock = clock
         self._job_ids = itertools.count(1)
         self._trigger = asyncio.Event()
-        self._poc_hash: PocParams | None = None
+        self._poc_hash: PocStage | None = None
         self.passes = 0
         self.stale_results = 0
         self.block_hash_queries = 0
@@ -138,7 +138,7 @@ class Reconciler:
                 continue
             candidates.append(entry)
 
-        poc: PocParams | None = None
+        poc: PocStage | None = None
         if any(e.state.intended_status is NodeStatus.POC for e in candidates):
             try:
                 poc = await self._poc_params(state)
@@ -202,7 +202,7 @@ class Reconciler:
             desired = choice.model_id if choice else None
         return needs_reconcile(entry.state, desired)
 
-    async def _poc_params(self, state: EpochState) -> PocParams | None:
+    async def _poc_params(self, state: EpochState) -> PocStage | None:
         height = state.poc_start_block_height
         if height <= 0:
             return None
@@ -213,11 +213,11 @@ class Reconciler:
         else:
             self.block_hash_queries += 1
             block_hash = await self._chain.block_hash(height)
-        self._poc_hash = PocParams(height, block_hash.upper())
+        self._poc_hash = PocStage(height, block_hash.upper())
         return self._poc_hash
 
     def _build_job(
-        self, entry: NodeEntry, governance: Mapping[str, Model], poc: PocParams | None, node_count: int
+        self, entry: NodeEntry, governance: Mapping[str, Model], poc: PocStage | None, node_count: int
     ) -> NodeJob | None:
         st = entry.state
         job_id = next(self._job_ids)

@@ -48,7 +48,8 @@ class GrpcBroadcaster:
 
     async def _call(self, path: str, request: bytes) -> bytes:
         try:
-            return await self._channel.unary_unary(path)(request, timeout=self.timeout)
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(path)
+            return await call(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise grpc_error(path, exc) from exc
 

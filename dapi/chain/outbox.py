@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -367,11 +368,11 @@ class Outbox:
                 self._in_flight.add(row_id)
                 send = self._send_one(limiter, row_id, type_url, body, attempts)
                 task = self._sends.spawn(send, f"outbox-send-{row_id}")
-                task.add_done_callback(lambda _t, r=row_id: self._sent_done(r))
+                task.add_done_callback(functools.partial(self._sent_done, row_id))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
 
-    def _sent_done(self, row_id: int) -> None:
+    def _sent_done(self, row_id: int, _task: asyncio.Task[None] | None = None) -> None:
         self._in_flight.discard(row_id)
         self._wake.set()
 

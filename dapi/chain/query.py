@@ -65,7 +65,7 @@ class GrpcTransport:
 
     async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
         # Raw bytes through the channel so decoding errors surface as ours, not as grpc internals.
-        call = self._channel.unary_unary(path)
+        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self._channel.unary_unary(path)
         # The Cosmos SDK's gRPC gateway reads the block height of a historical query from this header.
         metadata = (("x-cosmos-block-height", str(height)),) if height > 0 else None
         try:

@@ -19,7 +19,7 @@ from dapi.chain.errors import ChainBadResponse, ChainError, ChainNotFound, Chain
 
 
 @dataclass(frozen=True, slots=True)
-class NodeStatus:
+class ChainNodeStatus:
     network: str
     latest_block_height: int
     latest_block_hash: str
@@ -126,10 +126,10 @@ class CometRPC:
             raise ChainBadResponse(f"{method}: chain RPC answer has neither result nor error")
         return body["result"]
 
-    async def status(self) -> NodeStatus:
+    async def status(self) -> ChainNodeStatus:
         result = await self.call("status")
         sync = _dig(result, "sync_info")
-        return NodeStatus(
+        return ChainNodeStatus(
             network=str(_dig(result, "node_info", "network")),
             latest_block_height=_int(sync.get("latest_block_height"), "latest_block_height"),
             latest_block_hash=str(sync.get("latest_block_hash", "")),

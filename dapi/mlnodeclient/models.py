@@ -66,7 +66,7 @@ class PowStatus(BaseModel):
         return value
 
 
-class PocParams(BaseModel):
+class PocModelParams(BaseModel):
     """PoC model parameters (Go `Params`, Python `Params`), sent inside InitDto."""
 
     dim: int
@@ -83,7 +83,7 @@ class PocParams(BaseModel):
     seq_len: int
 
 
-MAINNET_PARAMS = PocParams(
+MAINNET_PARAMS = PocModelParams(
     dim=1792,
     n_layers=64,
     n_heads=64,
@@ -112,7 +112,7 @@ class InitDto(BaseModel):
     batch_size: int = DEFAULT_BATCH_SIZE
     r_target: float = DEFAULT_R_TARGET
     fraud_threshold: float = DEFAULT_FRAUD_THRESHOLD
-    params: PocParams = Field(default_factory=lambda: MAINNET_PARAMS.model_copy())
+    params: PocModelParams = Field(default_factory=lambda: MAINNET_PARAMS.model_copy())
     node_id: int
     node_count: int
     url: str
@@ -169,7 +169,7 @@ def build_init_dto(
     node_num: int,
     node_count: int,
     callback_url: str,
-    params: PocParams = MAINNET_PARAMS,
+    params: PocModelParams = MAINNET_PARAMS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     r_target: float = DEFAULT_R_TARGET,
     fraud_threshold: float = DEFAULT_FRAUD_THRESHOLD,

@@ -82,7 +82,7 @@ class _Handlers(grpc.GenericRpcHandler):
         self._methods[GET_TX] = self._get_tx
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._methods.get(handler_call_details.method)  # type: ignore[attr-defined]
+        handler = self._methods.get(handler_call_details.method)
         return grpc.unary_unary_rpc_method_handler(handler) if handler is not None else None
 
     def _query(self, path: str) -> Handler:

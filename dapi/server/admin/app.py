@@ -32,7 +32,7 @@ from dapi.server.common import bearer_auth, error_responses, install_error_handl
 
 log = get_logger(__name__)
 
-_STATUS_OF: dict[type[BrokerError], int] = {
+_STATUS_OF: dict[type[Exception], int] = {
     DuplicateNode: 409,
     InvalidModels: 400,
     InvalidNodeConfig: 400,
@@ -41,7 +41,9 @@ _STATUS_OF: dict[type[BrokerError], int] = {
 }
 
 
-class NodeBroker(Protocol):
+class NodeAdmin(Protocol):
+    """What the admin API asks of the broker: register, remove, enable and disable ML nodes, list them."""
+
     async def register(self, config: NodeConfig) -> Node: ...
 
     async def register_many(self, configs: Sequence[NodeConfig]) -> list[Node | BrokerError]: ...
@@ -53,7 +55,9 @@ class NodeBroker(Protocol):
     def nodes(self) -> list[NodeResponse]: ...
 
 
-class OutboxView(Protocol):
+class OutboxInspector(Protocol):
+    """Read-only access to the outbox: counts per state, pending rows and dead letters."""
+
     async def counts(self) -> dict[str, int]: ...
 
     async def pending(self, limit: int = 100) -> list[OutboxRow]: ...
@@ -94,7 +98,7 @@ class DeadLettersJson(BaseModel):
     dead_letters: list[dict[str, Any]]
 
 
-def create_admin_app(*, broker: NodeBroker, store: NodeStore, outbox: OutboxView | None = None,
+def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspector | None = None,
                      token: str = "") -> FastAPI:
     app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(bearer_auth(token))])
     install_error_handlers(app, domain={**_STATUS_OF, OutboxClosed: 503})

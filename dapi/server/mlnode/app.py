@@ -27,10 +27,14 @@ log = get_logger(__name__)
 
 
 class NodeLookup(Protocol):
+    """Node number → node id, for tagging a batch with the ML node that made it."""
+
     def node_id_by_num(self, node_num: int) -> str | None: ...
 
 
-class Outbox(TxSink, Protocol):
+class BatchSink(TxSink, Protocol):
+    """Where accepted batches go as chain messages (the durable outbox), and whether it can send at all."""
+
     @property
     def can_send(self) -> bool: ...
 
@@ -135,7 +139,7 @@ def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
 
 
 def create_mlnode_app(
-    *, nodes: NodeLookup, outbox: Outbox, account_address: str, metrics: Metrics | None = None,
+    *, nodes: NodeLookup, outbox: BatchSink, account_address: str, metrics: Metrics | None = None,
     body_limit: int = 64 * 1024 * 1024,
 ) -> FastAPI:
     app = FastAPI(title="dapi ML node callbacks", version="1", docs_url="/docs")

@@ -26,7 +26,9 @@ from dapi.server.common import ApiError, error_responses, go_json, install_error
 JSON = "application/json"
 
 
-class EpochModels(Protocol):
+class ModelCatalog(Protocol):
+    """The effective epoch's models and price, and the governance models, as the broker caches them."""
+
     @property
     def version(self) -> int: ...
 
@@ -38,7 +40,7 @@ class EpochModels(Protocol):
     def governance_models(self) -> Sequence[Model]: ...
 
 
-class DynamicPricing(Protocol):
+class PriceSource(Protocol):
     """Per-model prices and capacities the chain reports, cached per block by its owner."""
 
     async def prices(self) -> tuple[dict[str, int], dict[str, int]]: ...
@@ -170,11 +172,11 @@ class _Rendered:
 
 def create_public_app(
     *,
-    cache: EpochModels,
+    cache: ModelCatalog,
     chain: ChainView,
     status: Callable[[], dict[str, Any]],
     poc_batches: Callable[[int], Awaitable[list[PoCBatchesWithParticipants]]],
-    dynamic_pricing: DynamicPricing | None = None,
+    dynamic_pricing: PriceSource | None = None,
     metrics: Metrics | None = None,
     before_metrics: Callable[[], None] | None = None,
 ) -> FastAPI:

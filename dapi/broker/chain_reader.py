@@ -1,4 +1,4 @@
-"""The broker's two seams to the chain: what it reads (BrokerChain) and where its transactions go (TxSink)."""
+"""The broker's two seams to the chain: what it reads (ChainReader) and where its transactions go (TxSink)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dapi.gen.inference.inference.epoch_group_data_pb2 import EpochGroupData
 from dapi.gen.inference.inference.hardware_node_pb2 import HardwareNodes
 from dapi.gen.inference.inference.model_pb2 import Model
 
-__all__ = ["BrokerChain", "ChainAdapter", "TxSink"]
+__all__ = ["ChainReader", "QueryChainReader", "TxSink"]
 
 
-class BrokerChain(Protocol):
+class ChainReader(Protocol):
     """Exactly the chain reads the broker makes; every method raises a `dapi.chain.errors.ChainError`."""
 
     async def models_all(self) -> list[Model]: ...
@@ -30,8 +30,8 @@ class BrokerChain(Protocol):
         ...
 
 
-class ChainAdapter:
-    """BrokerChain over the daemon's query client and CometBFT RPC client (neither is closed here)."""
+class QueryChainReader:
+    """ChainReader over the daemon's query client and CometBFT RPC client (neither is closed here)."""
 
     def __init__(self, query: ChainQuery, rpc: CometRPC) -> None:
         self._query = query
