@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.write_config and not args.no_daemon:
             print("dapi devnet: --write-config needs --no-daemon", file=sys.stderr)
             return 2
-        from dapi.devnet.cli import run_no_daemon, run_with_daemon
+        from dapi.testbed.command import run_no_daemon, run_with_daemon
 
         return asyncio.run(run_no_daemon(args) if args.no_daemon else run_with_daemon(args))
     return 2

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from dapi.chain.epochs import EpochContext, Phase
-from dapi.devnet.session import DevnetSession
 from dapi.poc.validation import sample_indices, sample_seed
+from dapi.testbed.session import DevnetSession
 
 BLOCK = 0.05
 

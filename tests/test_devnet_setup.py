@@ -123,7 +123,7 @@ def test_port_layout() -> None:
 
 
 async def _run_cli(tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
-    code = ("import asyncio, sys; from dapi.cli import build_parser; from dapi.devnet.cli import run_no_daemon; "
+    code = ("import asyncio, sys; from dapi.cli import build_parser; from dapi.testbed.command import run_no_daemon; "
             "sys.exit(asyncio.run(run_no_daemon(build_parser().parse_args(sys.argv[1:]))))")
     return await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, "devnet", "--no-daemon", "--write-config", str(tmp_path / "config.yaml"),

@@ -8,8 +8,8 @@ import sys
 
 from rich.console import Console
 
-from dapi.devnet.live import render
-from dapi.devnet.session import DevnetSession
+from dapi.testbed.live import render
+from dapi.testbed.session import DevnetSession
 
 
 def test_devnet_runs_three_healthy_epochs_with_the_real_daemon() -> None:

@@ -17,7 +17,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from dapi.devnet.session import DevnetSession
+from dapi.testbed.session import DevnetSession
 
 EXAMPLES = 25
 

@@ -1,9 +1,11 @@
-"""`dapi devnet --no-daemon --write-config PATH`: the devnet without the daemon (DESIGN.md §4.1).
+"""`dapi devnet`: the devnet with the real daemon (live view or JSON lines), or without it (DESIGN.md §4.1).
 
-Runs the simulated chain, its peers and the own participant's simulated ML nodes, writes a complete
-daemon config (with `signer.key` beside it) for a separately started `dapi run --config PATH`, prints
-the ready line, and runs until SIGINT/SIGTERM (exit 0), or with `--epochs K` until epoch K is effective
-(exit 0 if every epoch formed with members and no peer tx failed, else 1).
+With the daemon, `DevnetSession` runs everything in this process and `HealthWatch` judges it. Without
+it (`--no-daemon --write-config PATH`), runs the simulated chain, its peers and the own participant's
+simulated ML nodes, writes a complete daemon config (with `signer.key` beside it) for a separately
+started `dapi run --config PATH`, prints the ready line, and runs until SIGINT/SIGTERM (exit 0), or
+with `--epochs K` until epoch K is effective (exit 0 if every epoch formed with members and no peer tx
+failed, else 1).
 
 Ports: the defaults of DESIGN.md §4.1 (chain RPC 26657, gRPC 9090, sim ML nodes 8080; the daemon's
 9000/9100/9200 go into the config), `--base-port P` lays them out from P (see PortLayout.from_base),
@@ -118,7 +120,8 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
 
 async def run_with_daemon(args: argparse.Namespace) -> int:
     """`dapi devnet`: chain, peers, simulated ML nodes and the real daemon, with a live view or JSON lines."""
-    from dapi.devnet.session import DevnetSession, HealthWatch
+    from dapi.testbed.health import HealthWatch
+    from dapi.testbed.session import DevnetSession
 
     json_mode = bool(getattr(args, "json", False))
     live = not json_mode and sys.stdout.isatty()
@@ -198,7 +201,7 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
 async def _live(session: Any, *tasks: asyncio.Task[Any]) -> None:
     from rich.live import Live
 
-    from dapi.devnet.live import render
+    from dapi.testbed.live import render
 
     assert session.daemon.outbox is not None
     with Live(refresh_per_second=4, screen=False) as view:

@@ -1,8 +1,4 @@
-"""``dapi devnet``: the simulated chain, peers and ML nodes plus the real daemon, in one process.
-
-``DevnetSession`` starts a ``Devnet``, writes the daemon config for its own participant, and runs the
-real ``Daemon`` against it over the real wire protocols. ``HealthWatch`` follows the run block by block
-and checks what a participant cares about:
+"""Health of a devnet run, as a participant judges it, checked block by block against the chain.
 
 * every epoch was formed;
 * in every PoC, each own ML node followed its allocation: POC_SLOT nodes kept serving inference and got
@@ -14,25 +10,18 @@ and checks what a participant cares about:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from dapi.chain.epochs import EpochContext
-from dapi.config import load_config
-from dapi.daemon import Daemon, resolve_identity
-from dapi.devnet.daemon_config import DaemonPorts
-from dapi.devnet.runner import Devnet
+from dapi.chain.gojson import go_json
 from dapi.devnet.wire.convert import model_to_proto
-from dapi.logs import get_logger
-from dapi.server.common import go_json
 
-log = get_logger(__name__)
+if TYPE_CHECKING:
+    from dapi.testbed.session import DevnetSession
 
 
 @dataclass
@@ -59,6 +48,8 @@ class PocCheck:
 
 @dataclass
 class ModelsCheck:
+    """Whether ``/v1/models`` served the effective epoch's model snapshots at one epoch."""
+
     epoch: int
     expected: list[str]
     served: list[str]
@@ -70,6 +61,13 @@ class ModelsCheck:
 
 @dataclass
 class HealthWatch:
+    """Follows a :class:`DevnetSession` epoch by epoch and collects what went wrong.
+
+    Args:
+        session: the running devnet and daemon to watch.
+        on_epoch: called with the epoch's JSON report as each watched epoch becomes effective.
+    """
+
     session: DevnetSession
     on_epoch: Callable[[dict[str, Any]], None] | None = None  # called as each watched epoch becomes effective
     poc: list[PocCheck] = field(default_factory=list)
@@ -181,82 +179,4 @@ class HealthWatch:
             "models": [c.as_json() for c in self.models],
             "batches": {"accepted": accepted, "landed": landed, "without_node_id": self.own_batches_without_node},
             "outbox": counts,
-        }
-
-
-class DevnetSession:
-    """Devnet + daemon; ports are the DESIGN.md §4.1 defaults, laid out from ``base_port``, or OS-chosen."""
-
-    def __init__(
-        self,
-        *,
-        participants: int = 3,
-        nodes_per_participant: int = 4,
-        block_time: float = 0.5,
-        ports: DaemonPorts | None = None,
-        devnet_ports: tuple[int, int, int] = (0, 0, 0),  # chain RPC, gRPC, sim ML nodes
-        work_dir: Path | None = None,
-        fast_polling: bool = True,
-    ) -> None:
-        rpc_port, grpc_port, ml_port = devnet_ports
-        self.devnet = Devnet(participants=participants, nodes_per_participant=nodes_per_participant,
-                             block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port, mlnode_port=ml_port)
-        self.ports = ports or DaemonPorts(0, 0, 0)
-        self._work_dir = work_dir
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._fast = fast_polling
-        self.daemon: Daemon
-        self.config_path: Path
-
-    @property
-    def public_url(self) -> str:
-        return self.daemon.servers["public"].url
-
-    @property
-    def ml_url(self) -> str:
-        return self.daemon.servers["ml"].url
-
-    @property
-    def admin_url(self) -> str:
-        return self.daemon.servers["admin"].url
-
-    async def __aenter__(self) -> DevnetSession:
-        if self._work_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="dapi-devnet-")
-            self._work_dir = Path(self._tmp.name)
-        await self.devnet.start()
-        try:
-            self.config_path = self._work_dir / "config.yaml"
-            self.devnet.write_daemon_config(self.config_path, ports=self.ports, data_dir=self._work_dir / "data")
-            config = load_config(self.config_path, env={})
-            if self._fast:
-                # Seconds-long timers suit a real chain; the devnet runs an epoch in seconds.
-                config.broker.status_poll_interval = max(0.2, self.devnet.block_time * 4)
-                config.broker.hardware_sync_interval = max(0.2, self.devnet.block_time * 4)
-                config.outbox.poll_interval = max(0.02, self.devnet.block_time / 2)
-            self.daemon = Daemon(config, resolve_identity(config))
-            await self.daemon.start()
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self.devnet.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        try:
-            await self.daemon.stop()
-        finally:
-            await self.devnet.stop()
-            if self._tmp is not None:
-                self._tmp.cleanup()
-
-    def ready_info(self) -> dict[str, Any]:
-        return {
-            "event": "ready",
-            "chain_rpc": self.devnet.rpc_url,
-            "chain_grpc": self.devnet.grpc_target,
-            "public_api": self.public_url,
-            "ml_api": self.ml_url,
-            "admin_api": self.admin_url,
-            "account_address": self.devnet.own.address,
         }

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dapi.chain.epochs import EpochContext, Phase
-from dapi.devnet.session import DevnetSession
+from dapi.testbed.session import DevnetSession
 
 PHASE_STYLE = {
     Phase.POC_GENERATE: ("G", "bold red"),
