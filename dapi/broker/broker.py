@@ -4,6 +4,10 @@ It owns the node registry and changes node state only on the event loop, so a me
 command (STYLE.md): no command queue, no locks. Phase commands set each node's intent and trigger the
 reconciler; one worker per node runs the resulting jobs; the status poller and the hardware sync run on
 timers. Every command answers (DESIGN.md §5 fix 1): methods return a result or raise a BrokerError.
+
+It is one piece because it is the broker's whole public surface: each method is a short command that
+delegates to the registry, reconciler, epoch sync or hardware sync, and splitting the facade would only
+scatter the list of commands the rest of the daemon may give.
 """
 
 from __future__ import annotations

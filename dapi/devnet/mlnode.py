@@ -48,9 +48,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from dapi.mlnodeclient.client import default_ssl_context
 from dapi.mlnodeclient.models import InferenceUpRequest, MLNodeState, ProofBatch, ValidatedBatch
 from dapi.runtime.serving import EmbeddedServer
+from dapi.runtime.tls import default_ssl_context
 
 log = logging.getLogger(__name__)
 

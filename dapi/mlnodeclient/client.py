@@ -15,8 +15,6 @@ the same 15-minute timeout):
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -41,6 +39,7 @@ from dapi.mlnodeclient.models import (
     StartTrainingRequest,
     node_base_url,
 )
+from dapi.runtime.tls import default_ssl_context
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -74,16 +73,6 @@ class MLNodeTimeouts:
 
 
 DEFAULT_TIMEOUTS = MLNodeTimeouts()
-
-
-@functools.cache
-def default_ssl_context() -> ssl.SSLContext:
-    """One verifying TLS context for every client we make.
-
-    httpx builds a fresh one (loading the CA bundle, ~20 ms) for each AsyncClient otherwise, which adds
-    up when every node, or every test, gets its own client.
-    """
-    return httpx.create_ssl_context()
 
 
 def create_http_client(*, max_connections: int = 1000) -> httpx.AsyncClient:
