@@ -4,7 +4,6 @@ job timeout)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ from broker_fakes import (
     PUBKEY_HEX,
     FakeChain,
     block_hash,
-    gov_model,
     make_broker,
     paths,
     settle,
@@ -56,25 +54,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as server:
-        yield server
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    return FakeChain([gov_model(MODEL_A)])
-
-
-@pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path) -> AsyncIterator[Broker]:
-    # Not started: the tests run reconcile passes themselves.
-    b = make_broker(chain, tmp_path)
-    yield b
-    await b.stop()
 
 
 # --- state commands (§7.4) -------------------------------------------------------------------------

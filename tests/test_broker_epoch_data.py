@@ -5,9 +5,6 @@ No ML node is called here (the broker is not started), so nodes point at an unus
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 from broker_fakes import (
     MODEL_A,
@@ -16,7 +13,6 @@ from broker_fakes import (
     PARAMS,
     FakeChain,
     gov_model,
-    make_broker,
     ml_node,
 )
 
@@ -27,6 +23,7 @@ from dapi.chain.rpc import BlockInfo
 from dapi.config import NodeConfig
 from dapi.gen.inference.inference.epoch_group_data_pb2 import EpochGroupData
 from dapi.gen.inference.inference.hardware_node_pb2 import HardwareNodes
+from dapi.gen.inference.inference.model_pb2 import Model
 
 MODEL_C = "meta/Llama-3-8B"
 E1 = Epoch(1, 40)
@@ -40,18 +37,20 @@ def node(node_id: str, *models: str) -> NodeConfig:
 
 
 @pytest.fixture
-def chain() -> FakeChain:
-    c = FakeChain([gov_model(MODEL_A, ["--a"]), gov_model(MODEL_B), gov_model(MODEL_C)])
-    c.empty_epoch(0)
-    return c
+def governance_models() -> list[Model]:
+    return [gov_model(MODEL_A, ["--a"]), gov_model(MODEL_B), gov_model(MODEL_C)]
 
 
 @pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = make_broker(chain, tmp_path)
-    await b.register_many([node("n1", MODEL_A), node("n2", MODEL_B), node("n3", MODEL_A)])
-    yield b
-    await b.stop()
+def chain(chain: FakeChain) -> FakeChain:
+    chain.empty_epoch(0)
+    return chain
+
+
+@pytest.fixture
+async def broker(broker: Broker) -> Broker:
+    await broker.register_many([node("n1", MODEL_A), node("n2", MODEL_B), node("n3", MODEL_A)])
+    return broker
 
 
 def at(epoch: Epoch, height: int, *, synced: bool = True) -> EpochState:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import pytest
 from broker_fakes import (
     PARAMS,
     FakeChain,
     gov_model,
-    make_broker,
     ml_node,
     settle,
     sim_node_config,
@@ -22,30 +20,13 @@ from dapi.chain.epochs import Epoch
 from dapi.config import NodeConfig
 from dapi.devnet.mlnode import SimMLNodeServer
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
+from dapi.gen.inference.inference.model_pb2 import Model
 
 MODEL1 = "model1"
 MODEL2 = "model2"
 INFERENCE_STATE = EpochState.at_height(Epoch(1, 40), PARAMS, 60)
 
 Serve = Callable[..., Awaitable[list[str]]]
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as server:
-        yield server
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    return FakeChain([gov_model(MODEL1), gov_model(MODEL2)])
-
-
-@pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = make_broker(chain, tmp_path)
-    yield b
-    await b.stop()
 
 
 @pytest.fixture
@@ -71,6 +52,11 @@ def cfg(
     sim: SimMLNodeServer, name: str, max_concurrent: int = 1, version: str = "", models: Sequence[str] = (MODEL1,)
 ) -> NodeConfig:
     return sim_node_config(sim, name, {m: [] for m in models}, max_concurrent=max_concurrent, version=version)
+
+
+@pytest.fixture
+def governance_models() -> list[Model]:
+    return [gov_model(MODEL1), gov_model(MODEL2)]
 
 
 async def test_single_node_takes_max_concurrent_locks(broker: Broker, sim: SimMLNodeServer, serve: Serve) -> None:

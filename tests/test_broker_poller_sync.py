@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from dapi.chain.errors import ChainUnavailable
 from dapi.config import BrokerConfig
 from dapi.devnet.mlnode import SimMLNodeServer
 from dapi.gen.inference.inference.hardware_node_pb2 import HardwareNodes
+from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
 
 INFERENCE = EpochState.at_height(Epoch(1, 40), PARAMS, 60)
@@ -38,21 +38,13 @@ POC = EpochState.at_height(Epoch(2, 80), PARAMS, 81)
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as server:
-        yield server
+def governance_models() -> list[Model]:
+    return [gov_model(MODEL_A), gov_model(MODEL_B)]
 
 
 @pytest.fixture
-def chain() -> FakeChain:
-    return FakeChain([gov_model(MODEL_A), gov_model(MODEL_B)])
-
-
-@pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = make_broker(chain, tmp_path, tx_sink=ListTxSink(chain=chain))
-    yield b
-    await b.stop()
+def broker_tx_sink(chain: FakeChain) -> ListTxSink:
+    return ListTxSink(chain=chain)
 
 
 # --- status polling --------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,21 +42,8 @@ from dapi.gen.inference.inference.model_pb2 import Model
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as server:
-        yield server
-
-
-@pytest.fixture
-def chain() -> FakeChain:
-    return FakeChain([gov_model(MODEL_A, ["--quantization", "fp8"]), gov_model(MODEL_B)])
-
-
-@pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path) -> AsyncIterator[Broker]:
-    b = make_broker(chain, tmp_path)
-    yield b
-    await b.stop()
+def governance_models() -> list[Model]:
+    return [gov_model(MODEL_A, ["--quantization", "fp8"]), gov_model(MODEL_B)]
 
 
 # --- registration and NodeNums --------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from broker_fakes import INFERENCE_UP, INIT_GENERATE, INIT_VALIDATE, STOP, paths, wait_for
@@ -34,6 +35,11 @@ class FuncJob(NodeJob):
         if self.body is None:
             return NodeResult.ok(NodeStatus.STOPPED)
         return await self.body()
+
+
+@pytest.fixture
+def sim_options() -> dict[str, Any]:
+    return {"batch_interval": 0.05, "nodes": ("test-node-1",)}
 
 
 @pytest.fixture
@@ -201,13 +207,6 @@ async def test_a_failing_result_callback_does_not_kill_the_worker() -> None:
 
 
 # --- jobs against a simulated ML node ---------------------------------------------------------------
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as server:
-        server.add_node("test-node-1")
-        yield server
 
 
 @pytest.fixture

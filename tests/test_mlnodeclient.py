@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -61,10 +62,8 @@ BLOCK_HASH = "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=0.05) as srv:
-        srv.add_node("n1")
-        yield srv
+def sim_options() -> dict[str, Any]:
+    return {"batch_interval": 0.05, "nodes": ("n1",)}
 
 
 @pytest.fixture

@@ -54,6 +54,11 @@ class Receiver:
 
 
 @pytest.fixture
+def sim_options() -> dict[str, Any]:
+    return {"batch_interval": INTERVAL, "nonces_per_batch": 16, "nodes": ("n1",)}
+
+
+@pytest.fixture
 async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver()
     server = EmbeddedServer(rec.app())
@@ -61,13 +66,6 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec.url = server.url
     yield rec
     await server.stop()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimMLNodeServer]:
-    async with SimMLNodeServer(batch_interval=INTERVAL, nonces_per_batch=16) as srv:
-        srv.add_node("n1")
-        yield srv
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""Fixtures shared by the test modules.
+
+A module changes what a fixture builds by overriding the small option fixture it reads, not by copying
+the fixture: ``sim_options`` (simulated ML node server settings and the nodes to add), ``governance_models``
+(what the fake chain serves) and ``broker_tx_sink`` (where the broker's hardware diffs go).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from broker_fakes import MODEL_A, FakeChain, ListTxSink, gov_model, make_broker
+
+from dapi.broker import Broker
+from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.gen.inference.inference.model_pb2 import Model
+
+
+@pytest.fixture
+def sim_options() -> dict[str, Any]:
+    """SimMLNodeServer keyword arguments, plus ``nodes``: names of nodes added before the test starts."""
+    return {"batch_interval": 0.05, "nodes": ()}
+
+
+@pytest.fixture
+async def sim(sim_options: dict[str, Any]) -> AsyncIterator[SimMLNodeServer]:
+    """A simulated ML node server on a loopback port chosen by the OS."""
+    options = dict(sim_options)
+    nodes = options.pop("nodes", ())
+    async with SimMLNodeServer(**options) as server:
+        for name in nodes:
+            server.add_node(name)
+        yield server
+
+
+@pytest.fixture
+def governance_models() -> list[Model]:
+    return [gov_model(MODEL_A)]
+
+
+@pytest.fixture
+def chain(governance_models: list[Model]) -> FakeChain:
+    """An in-memory chain serving ``governance_models`` (broker tests)."""
+    return FakeChain(governance_models)
+
+
+@pytest.fixture
+def broker_tx_sink() -> ListTxSink | None:
+    return None
+
+
+@pytest.fixture
+async def broker(chain: FakeChain, tmp_path: Path, broker_tx_sink: ListTxSink | None) -> AsyncIterator[Broker]:
+    """A broker over ``chain``, not started: the tests run reconcile passes themselves."""
+    b = make_broker(chain, tmp_path, tx_sink=broker_tx_sink)
+    yield b
+    await b.stop()
