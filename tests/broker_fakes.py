@@ -160,6 +160,10 @@ class FakeChain:
             epoch_index=epoch_index, unit_of_compute_price=price, sub_group_models=list(members)
         )
 
+    def set_price(self, epoch_index: int, price: int) -> None:
+        """What the real chain does at set-new-validators: write the price into the epoch's parent group."""
+        self.groups[(epoch_index, "")].unit_of_compute_price = price
+
     def apply_hardware_diff(self, msg: MsgSubmitHardwareDiff) -> None:
         """What the chain does with an accepted diff: remove by local_id, then upsert, sorted by local_id."""
         current = {n.local_id: n for n in self.hardware.get(msg.creator, HardwareNodes()).hardware_nodes}

@@ -207,7 +207,7 @@ async def test_a_daemon_started_during_poc_loads_the_effective_epochs_allocation
     assert chain.calls["current_epoch_group_data"] == 1
 
 
-async def test_the_cache_describes_the_effective_epoch_and_switches_at_set_new_validators(
+async def test_the_cache_describes_the_effective_epoch_and_reads_its_price_at_set_new_validators(
     broker: Broker, chain: FakeChain
 ) -> None:
     form_epoch1(chain)
@@ -216,19 +216,27 @@ async def test_the_cache_describes_the_effective_epoch_and_switches_at_set_new_v
     cache = broker.epoch_cache
     assert (cache.epoch_index, cache.unit_of_compute_price) == (1, 1234)
     assert [m.id for m in cache.models()] == [MODEL_A, MODEL_B, MODEL_C]
-    chain.empty_epoch(2, price=7)
+    chain.empty_epoch(2)
     await sync_at(broker, at(E2, CTX2.start_of_poc))
     assert cache.epoch_index == 1  # during PoC the latest epoch's group is still empty
-    chain.form_epoch(2, {MODEL_B: [ml_node("n1")]}, price=999)
+    # As the real chain: the epoch is formed at end of validation with no price in its parent group.
+    chain.form_epoch(2, {MODEL_B: [ml_node("n1")]}, price=0)
     await sync_at(broker, at(E2, CTX2.end_of_poc_validation))
     # Formed, and the nodes load it, but the chain's effective epoch is still 1 until set-new-validators.
     assert entries(broker, "n1") == ([MODEL_B], {MODEL_B: [True, False]})
     assert (cache.epoch_index, cache.unit_of_compute_price) == (1, 1234)
-    before = chain.total_calls
-    for height in range(CTX2.end_of_poc_validation + 1, CTX2.set_new_validators + 1):
+    for height in range(CTX2.end_of_poc_validation + 1, CTX2.set_new_validators):
         await sync_at(broker, at(E2, height))
+    assert cache.epoch_index == 1
+    # At set-new-validators the chain writes the price, and the switch reads it: one query, the parent group.
+    chain.set_price(2, 999)
+    before = chain.total_calls
+    await sync_at(broker, at(E2, CTX2.set_new_validators))
     assert (cache.epoch_index, cache.unit_of_compute_price, [m.id for m in cache.models()]) == (2, 999, [MODEL_B])
-    assert chain.total_calls == before  # the switch costs no query
+    assert chain.total_calls == before + 1
+    before = chain.total_calls
+    await sync_at(broker, at(E2, CTX2.set_new_validators + 1))
+    assert chain.total_calls == before  # and only once
 
 
 async def test_reading_the_cache_makes_no_chain_queries(broker: Broker, chain: FakeChain) -> None:

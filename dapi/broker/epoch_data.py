@@ -14,12 +14,14 @@ Differences from the reference, each deliberate:
 * a daemon that starts during a PoC has no "previous data" to keep, so it loads the effective epoch's
   group (CurrentEpochGroupData) instead — otherwise POC_SLOT would be ignored for that PoC;
 * the fetched groups are kept per epoch index, so the cache of the *effective* epoch (what /v1/models and
-  /v1/pricing describe, plan 11.1) costs no extra queries: it switches to the latest epoch's data at
-  the set-new-validators height. A steady-state sync of an epoch with N models is 1 + N queries.
+  /v1/pricing describe, plan 11.1) costs one extra query per epoch: it switches to the latest epoch's
+  data at the set-new-validators height, re-reading only the parent group, because that is when the
+  chain writes the epoch's price. A steady-state sync of an epoch with N models is 2 + N queries.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -114,6 +116,8 @@ class EpochDataSync:
         self._last: tuple[int, Phase] | None = None
         self._store: dict[int, EpochSnapshot] = {}
         self._effective_for: int | None = None
+        # Epochs whose parent group was read once they were effective, so its price is the final one.
+        self._priced: set[int] = set()
         self._applied: EpochSnapshot | None = None
 
     @property
@@ -135,6 +139,8 @@ class EpochDataSync:
         if due:
             epoch_changed = self._last is not None and latest != self._last[0]
             snapshot = await self._fetch_latest(latest)
+            if state.effective_epoch_index == latest:
+                self._priced.add(latest)
             known = self._store.get(latest)
             if snapshot.formed or known is None or not known.formed:
                 self._store[latest] = snapshot
@@ -182,6 +188,15 @@ class EpochDataSync:
         if self._effective_for == index and current is not None:
             self.cache._set_effective(current)
             return current
+        if current is not None and current.formed and index not in self._priced:
+            # The real chain forms an epoch with no price and writes `unit_of_compute_price` into its
+            # parent group only at set-new-validators (moveUpcomingToEffectiveGroup): the copy fetched
+            # at end of validation is stale for the price, so the switch reads the parent once more.
+            parent = await self._chain.epoch_group_data(index, "")
+            if parent.unit_of_compute_price != current.unit_of_compute_price:
+                current = dataclasses.replace(current, unit_of_compute_price=parent.unit_of_compute_price)
+                self._store[index] = current
+            self._priced.add(index)
         if current is None:
             parent = await self._chain.current_epoch_group_data()
             got = parent.epoch_index
@@ -191,6 +206,7 @@ class EpochDataSync:
             self._store[got] = current
             # Also under the index we asked for, or every later block would query again.
             self._store[index] = current
+            self._priced.update((got, index))
         self._effective_for = index
         self.cache._set_effective(current)
         return current
@@ -236,3 +252,4 @@ class EpochDataSync:
     def _prune(self, keep_from: int) -> None:
         for index in [i for i in self._store if i < keep_from]:
             del self._store[index]
+        self._priced = {i for i in self._priced if i >= keep_from}
