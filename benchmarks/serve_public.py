@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.responses import Response
 
+from dapi.chain.pricing import ModelPrices
 from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.params_pb2 import Decimal
@@ -53,9 +54,9 @@ class CountingChain:
         self.queries += 1
         return []
 
-    async def prices(self) -> tuple[dict[str, int], dict[str, int]]:
+    async def prices(self) -> ModelPrices:
         self.queries += 1
-        return {}, {}
+        return ModelPrices()
 
 
 def build(mode: str) -> tuple[FastAPI, CountingChain]:

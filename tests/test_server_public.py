@@ -11,6 +11,7 @@ import pytest
 
 from dapi.chain.epochs import Epoch
 from dapi.chain.errors import ChainNotFound, ChainUnavailable
+from dapi.chain.pricing import ModelPrices
 from dapi.chain.view import ChainSnapshot, ChainView, epoch_params_from_proto
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.params_pb2 import Decimal, EpochParams, Params
@@ -42,10 +43,10 @@ class Cache:
 
 @dataclass
 class Pricing:
-    answer: tuple[dict[str, int], dict[str, int]] | Exception = field(default_factory=lambda: ({}, {}))
+    answer: ModelPrices | Exception = field(default_factory=ModelPrices)
     calls: int = 0
 
-    async def prices(self) -> tuple[dict[str, int], dict[str, int]]:
+    async def prices(self) -> ModelPrices:
         self.calls += 1
         if isinstance(self.answer, Exception):
             raise self.answer
@@ -140,12 +141,13 @@ async def test_governance_models_and_legacy_pricing(world: tuple[World, httpx.As
 async def test_governance_pricing_uses_dynamic_prices_when_the_chain_has_them(world: tuple[World, httpx.AsyncClient]) -> None:
     w, client = world
     w.cache.governance, w.cache.unit_of_compute_price, w.cache.version = (QWEN, QWQ), 3, 1
-    w.pricing.answer = ({"Qwen/QwQ-32B": 4242}, {"Qwen/QwQ-32B": 9000})
+    w.pricing.answer = ModelPrices({"Qwen/QwQ-32B": 4242}, {"Qwen/QwQ-32B": 9000}, {"Qwen/QwQ-32B": 0.25})
     pricing = (await client.get("/v1/governance/pricing")).json()
     assert pricing["dynamic_pricing_enabled"] is True
     assert pricing["models"] == [
         {"id": "Qwen/Qwen2.5-7B-Instruct", "units_of_compute_per_token": 100, "price_per_token": 300},
-        {"id": "Qwen/QwQ-32B", "units_of_compute_per_token": 1000, "price_per_token": 4242, "capacity": 9000}]
+        {"id": "Qwen/QwQ-32B", "units_of_compute_per_token": 1000, "price_per_token": 4242, "capacity": 9000,
+         "utilization": 0.25}]
     w.pricing.answer = ChainUnavailable("down")
     fallback = (await client.get("/v1/governance/pricing")).json()
     assert fallback["dynamic_pricing_enabled"] is False and fallback["models"][1]["price_per_token"] == 3000

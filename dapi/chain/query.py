@@ -157,6 +157,17 @@ class ChainQuery:
         )
         return {c.model_id: c.capacity for c in response.model_capacities}
 
+    async def tokens_by_model(self, time_from_ms: int, time_to_ms: int) -> dict[str, int]:
+        """AI tokens (prompt + completion) per model of the inferences recorded in [from, to], in ms."""
+        request = q.QueryInferencesAndTokensStatsByModelsRequest(time_from=time_from_ms, time_to=time_to_ms)
+        response = await self._ask(
+            "InferencesAndTokensStatsByModels", request, q.QueryInferencesAndTokensStatsByModelsResponse
+        )
+        tokens: dict[str, int] = {}
+        for entry in response.stats_models:
+            tokens[entry.model] = tokens.get(entry.model, 0) + entry.ai_tokens
+        return tokens
+
     async def account(self, address: str) -> auth_pb2.BaseAccount:
         self.calls += 1
         response = await self.transport.unary(

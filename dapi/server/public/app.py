@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
 from dapi.chain.errors import ChainError, ChainNotFound
+from dapi.chain.pricing import ModelPrices
 from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatchesWithParticipants
@@ -43,7 +44,7 @@ class ModelCatalog(Protocol):
 class PriceSource(Protocol):
     """Per-model prices and capacities the chain reports, cached per block by its owner."""
 
-    async def prices(self) -> tuple[dict[str, int], dict[str, int]]: ...
+    async def prices(self) -> ModelPrices: ...
 
 
 # -- documented shapes (for OpenAPI; responses are rendered by hand for speed) -----------------------
@@ -216,13 +217,13 @@ def create_public_app(
     async def get_governance_pricing() -> Response:
         """Legacy price of every governance model; the chain's dynamic per-model price where it reports one."""
         unit = cache.unit_of_compute_price
-        prices: dict[str, int] = {}
-        capacities: dict[str, int] = {}
+        pricing = ModelPrices()
         if dynamic_pricing is not None:
             try:
-                prices, capacities = await dynamic_pricing.prices()
+                pricing = await dynamic_pricing.prices()
             except ChainError:
-                prices, capacities = {}, {}  # as the reference: an unreachable price query means "disabled"
+                pass  # as the reference: an unreachable price query means "disabled"
+        prices, capacities, usage = pricing.prices, pricing.capacities, pricing.utilization
         enabled = bool(prices)
         entries = []
         for m in cache.governance_models():
@@ -232,6 +233,7 @@ def create_public_app(
                 entry["price_per_token"] = prices[m.id]
             if enabled and m.id in capacities:
                 entry["capacity"] = capacities[m.id]
+                entry["utilization"] = usage.get(m.id, 0.0)
             entries.append(entry)
         body = {"unit_of_compute_price": unit, "models": entries, "dynamic_pricing_enabled": enabled}
         return Response(json_bytes(body), media_type=JSON)

@@ -47,6 +47,7 @@ class Params(google.protobuf.message.Message):
     EPOCH_PARAMS_FIELD_NUMBER: builtins.int
     VALIDATION_PARAMS_FIELD_NUMBER: builtins.int
     POC_PARAMS_FIELD_NUMBER: builtins.int
+    DYNAMIC_PRICING_PARAMS_FIELD_NUMBER: builtins.int
     BANDWIDTH_LIMITS_PARAMS_FIELD_NUMBER: builtins.int
     @property
     def epoch_params(self) -> Global___EpochParams: ...
@@ -55,22 +56,23 @@ class Params(google.protobuf.message.Message):
     @property
     def poc_params(self) -> Global___PocParams: ...
     @property
-    def bandwidth_limits_params(self) -> Global___BandwidthLimitsParams:
-        """4 tokenomics_params, 5 collateral_params, 6 bitcoin_reward_params,
-        7 dynamic_pricing_params: not read by the API node.
-        """
+    def dynamic_pricing_params(self) -> Global___DynamicPricingParams:
+        """4 tokenomics_params, 5 collateral_params, 6 bitcoin_reward_params: not read by the API node."""
 
+    @property
+    def bandwidth_limits_params(self) -> Global___BandwidthLimitsParams: ...
     def __init__(
         self,
         *,
         epoch_params: Global___EpochParams | None = ...,
         validation_params: Global___ValidationParams | None = ...,
         poc_params: Global___PocParams | None = ...,
+        dynamic_pricing_params: Global___DynamicPricingParams | None = ...,
         bandwidth_limits_params: Global___BandwidthLimitsParams | None = ...,
     ) -> None: ...
-    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["bandwidth_limits_params", b"bandwidth_limits_params", "epoch_params", b"epoch_params", "poc_params", b"poc_params", "validation_params", b"validation_params"]
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["bandwidth_limits_params", b"bandwidth_limits_params", "dynamic_pricing_params", b"dynamic_pricing_params", "epoch_params", b"epoch_params", "poc_params", b"poc_params", "validation_params", b"validation_params"]
     def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["bandwidth_limits_params", b"bandwidth_limits_params", "epoch_params", b"epoch_params", "poc_params", b"poc_params", "validation_params", b"validation_params"]
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["bandwidth_limits_params", b"bandwidth_limits_params", "dynamic_pricing_params", b"dynamic_pricing_params", "epoch_params", b"epoch_params", "poc_params", b"poc_params", "validation_params", b"validation_params"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___Params: typing_extensions.TypeAlias = Params
@@ -235,3 +237,48 @@ class BandwidthLimitsParams(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___BandwidthLimitsParams: typing_extensions.TypeAlias = BandwidthLimitsParams
+
+@typing.final
+class DynamicPricingParams(google.protobuf.message.Message):
+    """The per-token dynamic pricing the chain runs every block (chain-logic.md §12.1)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STABILITY_ZONE_LOWER_BOUND_FIELD_NUMBER: builtins.int
+    STABILITY_ZONE_UPPER_BOUND_FIELD_NUMBER: builtins.int
+    PRICE_ELASTICITY_FIELD_NUMBER: builtins.int
+    UTILIZATION_WINDOW_DURATION_FIELD_NUMBER: builtins.int
+    MIN_PER_TOKEN_PRICE_FIELD_NUMBER: builtins.int
+    BASE_PER_TOKEN_PRICE_FIELD_NUMBER: builtins.int
+    GRACE_PERIOD_END_EPOCH_FIELD_NUMBER: builtins.int
+    GRACE_PERIOD_PER_TOKEN_PRICE_FIELD_NUMBER: builtins.int
+    utilization_window_duration: builtins.int
+    """Seconds of inference statistics that make up a model's utilisation."""
+    min_per_token_price: builtins.int
+    base_per_token_price: builtins.int
+    grace_period_end_epoch: builtins.int
+    grace_period_per_token_price: builtins.int
+    @property
+    def stability_zone_lower_bound(self) -> Global___Decimal: ...
+    @property
+    def stability_zone_upper_bound(self) -> Global___Decimal: ...
+    @property
+    def price_elasticity(self) -> Global___Decimal: ...
+    def __init__(
+        self,
+        *,
+        stability_zone_lower_bound: Global___Decimal | None = ...,
+        stability_zone_upper_bound: Global___Decimal | None = ...,
+        price_elasticity: Global___Decimal | None = ...,
+        utilization_window_duration: builtins.int = ...,
+        min_per_token_price: builtins.int = ...,
+        base_per_token_price: builtins.int = ...,
+        grace_period_end_epoch: builtins.int = ...,
+        grace_period_per_token_price: builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["price_elasticity", b"price_elasticity", "stability_zone_lower_bound", b"stability_zone_lower_bound", "stability_zone_upper_bound", b"stability_zone_upper_bound"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["base_per_token_price", b"base_per_token_price", "grace_period_end_epoch", b"grace_period_end_epoch", "grace_period_per_token_price", b"grace_period_per_token_price", "min_per_token_price", b"min_per_token_price", "price_elasticity", b"price_elasticity", "stability_zone_lower_bound", b"stability_zone_lower_bound", "stability_zone_upper_bound", b"stability_zone_upper_bound", "utilization_window_duration", b"utilization_window_duration"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___DynamicPricingParams: typing_extensions.TypeAlias = DynamicPricingParams

@@ -420,3 +420,65 @@ class QueryGetAllModelCapacitiesResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___QueryGetAllModelCapacitiesResponse: typing_extensions.TypeAlias = QueryGetAllModelCapacitiesResponse
+
+@typing.final
+class QueryInferencesAndTokensStatsByModelsRequest(google.protobuf.message.Message):
+    """Inference statistics per model over a time window (the chain keys them by block time in
+    milliseconds; 0 means now, or now minus 24 h for time_from).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    TIME_FROM_FIELD_NUMBER: builtins.int
+    TIME_TO_FIELD_NUMBER: builtins.int
+    time_from: builtins.int
+    time_to: builtins.int
+    def __init__(
+        self,
+        *,
+        time_from: builtins.int = ...,
+        time_to: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["time_from", b"time_from", "time_to", b"time_to"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryInferencesAndTokensStatsByModelsRequest: typing_extensions.TypeAlias = QueryInferencesAndTokensStatsByModelsRequest
+
+@typing.final
+class ModelStats(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: builtins.int
+    AI_TOKENS_FIELD_NUMBER: builtins.int
+    INFERENCES_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    ai_tokens: builtins.int
+    inferences: builtins.int
+    def __init__(
+        self,
+        *,
+        model: builtins.str = ...,
+        ai_tokens: builtins.int = ...,
+        inferences: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["ai_tokens", b"ai_tokens", "inferences", b"inferences", "model", b"model"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ModelStats: typing_extensions.TypeAlias = ModelStats
+
+@typing.final
+class QueryInferencesAndTokensStatsByModelsResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    STATS_MODELS_FIELD_NUMBER: builtins.int
+    @property
+    def stats_models(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___ModelStats]: ...
+    def __init__(
+        self,
+        *,
+        stats_models: collections.abc.Iterable[Global___ModelStats] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["stats_models", b"stats_models"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryInferencesAndTokensStatsByModelsResponse: typing_extensions.TypeAlias = QueryInferencesAndTokensStatsByModelsResponse

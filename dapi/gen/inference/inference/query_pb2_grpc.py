@@ -89,6 +89,11 @@ class QueryStub:
                 request_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.SerializeToString,
                 response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.FromString,
                 _registered_method=True)
+        self.InferencesAndTokensStatsByModels = channel.unary_unary(
+                '/inference.inference.Query/InferencesAndTokensStatsByModels',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -160,6 +165,12 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InferencesAndTokensStatsByModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.GetAllModelCapacities,
                     request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.FromString,
                     response_serializer=inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.SerializeToString,
+            ),
+            'InferencesAndTokensStatsByModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.InferencesAndTokensStatsByModels,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class Query:
             '/inference.inference.Query/GetAllModelCapacities',
             inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesRequest.SerializeToString,
             inference_dot_inference_dot_query__pb2.QueryGetAllModelCapacitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferencesAndTokensStatsByModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/InferencesAndTokensStatsByModels',
+            inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

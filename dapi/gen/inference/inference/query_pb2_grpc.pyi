@@ -39,6 +39,7 @@ class QueryStub:
     PocBatchesForStage: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageRequest, dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse]
     GetAllModelPerTokenPrices: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]
     GetAllModelCapacities: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]
+    InferencesAndTokensStatsByModels: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest, dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]
 
 @typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -54,6 +55,7 @@ class QueryAsyncStub(QueryStub):
     PocBatchesForStage: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageRequest, dapi.gen.inference.inference.query_pb2.QueryPocBatchesForStageResponse]  # type: ignore[assignment]
     GetAllModelPerTokenPrices: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]  # type: ignore[assignment]
     GetAllModelCapacities: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]  # type: ignore[assignment]
+    InferencesAndTokensStatsByModels: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest, dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]  # type: ignore[assignment]
 
 class QueryServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -132,5 +134,12 @@ class QueryServicer(metaclass=abc.ABCMeta):
         request: dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest,
         context: _ServicerContext,
     ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]]: ...
+
+    @abc.abstractmethod
+    def InferencesAndTokensStatsByModels(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]]: ...
 
 def add_QueryServicer_to_server(servicer: QueryServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
