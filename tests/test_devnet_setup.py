@@ -87,6 +87,52 @@ def test_command_line_overrides_and_bad_specs() -> None:
         genesis_from_spec({"poc_slot_policy": "random"})
 
 
+def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "devnet.yaml"
+    path.write_text("chain_id: x\nparticipants:\n  count: 2\n  colour: blue\n")
+    with pytest.raises(GenesisError) as info:
+        load_genesis(path)
+    assert str(info.value) == f"devnet genesis {path}: participants.colour: unknown key"
+    with pytest.raises(GenesisError, match=r"^devnet genesis: epoch_lenght: unknown key$"):
+        genesis_from_spec({"epoch_lenght": 40})
+
+
+def test_nested_bad_value_names_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "devnet.yaml"
+    path.write_text("participants:\n  hardware:\n    - {type: H100, count: 8}\n    - {type: A100, count: yes}\n")
+    with pytest.raises(GenesisError) as info:
+        load_genesis(path)
+    message = str(info.value)
+    assert message.startswith(f"devnet genesis {path}: participants.hardware.1.count: ")
+    assert "\n" not in message
+    with pytest.raises(GenesisError, match=r"models\.0\.validation_threshold\.exponent: is required"):
+        genesis_from_spec({"models": [{**DEFAULT_SPEC["models"][0], "validation_threshold": {"value": 98}}]})
+    with pytest.raises(GenesisError, match=r"rewards\.decay_rate: must be a mapping"):
+        genesis_from_spec({"rewards": {"decay_rate": -0.000475}})
+    with pytest.raises(GenesisError, match=r"epoch_params\.epoch_length: .*valid integer \(got '40'\)"):
+        genesis_from_spec({"epoch_params": {"epoch_length": "40"}})
+
+
+def test_missing_keys_take_the_defaults() -> None:
+    genesis = genesis_from_spec({
+        "chain_id": "small",
+        "epoch_params": {"epoch_length": 20},
+        "participants": {"count": 2, "node_models": [["acme/Tiny"]]},
+        "models": [{"id": "acme/Tiny", "units_of_compute_per_token": 1, "v_ram": 1, "throughput_per_nonce": 1}],
+        "peers": {"nonces_per_node": 10},
+    })
+    defaults = load_genesis(None)
+    assert genesis.epoch_params == dataclasses.replace(defaults.epoch_params, epoch_length=20)
+    assert (genesis.poc_params, genesis.rewards, genesis.bandwidth_limits) == (
+        defaults.poc_params, defaults.rewards, defaults.bandwidth_limits)
+    assert genesis.peer_behaviour.r_target == defaults.peer_behaviour.r_target
+    assert genesis.block_time == 0.5 and genesis.poc_slot_policy == defaults.poc_slot_policy
+    (model,) = genesis.models
+    assert (model.proposed_by, model.hf_repo, model.model_args, model.validation_threshold) == ("genesis", "", (), None)
+    assert [p.name for p in genesis.participants] == ["own", "peer1"]
+    assert [n.hardware for n in genesis.own.nodes] == [n.hardware for n in defaults.own.nodes]
+
+
 def test_written_daemon_config_loads_and_names_the_own_participant(tmp_path: Path) -> None:
     genesis = load_genesis(None)
     files = write_daemon_config(tmp_path / "cfg" / "config.yaml", genesis, chain_rpc="http://127.0.0.1:26657",

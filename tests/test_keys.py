@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dapi.chain import keys
+from dapi.chain import ripemd160 as rmd160
 from dapi.chain.keys import (
     SigningKey,
     address_from_base64_public_key,
@@ -513,7 +514,7 @@ RIPEMD160_VECTORS = [
 
 @pytest.mark.parametrize(("message", "digest"), RIPEMD160_VECTORS, ids=[d for _, d in RIPEMD160_VECTORS])
 def test_ripemd160_pure_fallback_matches_published_vectors(message: bytes, digest: str) -> None:
-    assert keys._ripemd160_pure(message).hex() == digest
+    assert rmd160.ripemd160_pure(message).hex() == digest
 
 
 @pytest.mark.parametrize(("message", "digest"), RIPEMD160_VECTORS[:-1])
@@ -522,7 +523,7 @@ def test_ripemd160_public_function_matches_published_vectors(message: bytes, dig
 
 
 def test_ripemd160_uses_fallback_when_openssl_lacks_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(keys, "_HAVE_OPENSSL_RIPEMD160", False)
+    monkeypatch.setattr(rmd160, "_HAVE_OPENSSL_RIPEMD160", False)
     assert ripemd160(b"abc").hex() == "8eb208f7e05d987a9b044a8e98c6b087f15a0bfc"
     assert SigningKey.from_hex(GOLDEN_PRIVATE_KEY).address == GOLDEN_ADDRESS
 
@@ -534,7 +535,7 @@ def test_ripemd160_fallback_agrees_with_openssl_across_padding_boundaries(data: 
         reference = hashlib.new("ripemd160", data).digest()
     except ValueError:
         pytest.skip("this OpenSSL has no RIPEMD-160 to compare against")
-    assert keys._ripemd160_pure(data) == reference
+    assert rmd160.ripemd160_pure(data) == reference
 
 
 # --------------------------------------------------------------------------------------------------
