@@ -6,7 +6,7 @@ sides of the wire agree on every boundary by construction. The rules are the cha
 epoch's PoC start, the genesis epoch (index 0) has no stages at all, and stage detection is exact
 height equality, which is why a dispatcher must see every height (catch-up replays missed ones).
 
-One piece on purpose: parameters, stage offsets, phases and end-block stages are one set of rules
+It is one piece on purpose: parameters, stage offsets, phases and end-block stages are one set of rules
 derived from the same few numbers, and reading them side by side is how they are checked against the
 chain.
 """

@@ -1,0 +1,207 @@
+"""The devnet genesis file (`config/devnet.yaml`) as pydantic models whose fields hold the defaults.
+
+Unknown keys are errors and values are not coerced (no "5" or `true` for an integer); checks that span
+sections name their keys themselves. `dapi.devnet.genesis` turns a validated file into the genesis the
+chain starts from.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from dapi.chain.epochs import EpochParams
+from dapi.devnet.schedule.assignment import PocSlotPolicy
+from dapi.devnet.schedule.models import GENESIS_MODELS
+from dapi.devnet.schedule.records import Decimal, Hardware, Model
+
+__all__ = [
+    "DEFAULT_SPEC",
+    "BandwidthLimits",
+    "GenesisFile",
+    "ParticipantsSection",
+    "PeerBehaviour",
+    "PocModuleParams",
+    "RewardParams",
+    "ValidationParams",
+]
+
+
+# --- the file: pydantic models whose fields hold the defaults ----------------------------------------
+
+
+class _Section(BaseModel):
+    """A mapping of the genesis file: unknown keys are errors, values must already have the field's type."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+_Text = Annotated[str, AfterValidator(_non_blank)]
+_NonNegative = Annotated[int, Field(ge=0)]
+_Positive = Annotated[int, Field(ge=1)]
+
+
+class _DecimalSpec(_Section):
+    value: int
+    exponent: int
+
+
+class _HardwareSpec(_Section):
+    type: str
+    count: _NonNegative
+
+
+def _record(spec: type[_Section], record: type[Any]) -> BeforeValidator:
+    """Check a mapping against `spec`, then build the `record` dataclass from it (instances pass as they are)."""
+    return BeforeValidator(
+        lambda raw: raw if isinstance(raw, record) else record(**spec.model_validate(raw).model_dump())
+    )
+
+
+# The schedule package's records, read from YAML mappings such as {value: 23, exponent: -4}.
+_Decimal = Annotated[Decimal, _record(_DecimalSpec, Decimal)]
+_Hardware = Annotated[Hardware, _record(_HardwareSpec, Hardware)]
+
+
+class _ModelSpec(_Section):
+    """A governance model of genesis (proposed by "genesis")."""
+
+    id: _Text
+    units_of_compute_per_token: _NonNegative
+    hf_repo: str = ""
+    hf_commit: str = ""
+    model_args: list[str] = []
+    v_ram: _NonNegative
+    throughput_per_nonce: _NonNegative
+    validation_threshold: _Decimal | None = None
+
+    @classmethod
+    def of(cls, model: Model) -> _ModelSpec:
+        fields = {name: getattr(model, name) for name in cls.model_fields}
+        return cls(**{**fields, "model_args": list(model.model_args)})
+
+    def build(self) -> Model:
+        fields = self.model_dump(exclude={"model_args", "validation_threshold"})
+        return Model(**fields, proposed_by="genesis", model_args=tuple(self.model_args),
+                     validation_threshold=self.validation_threshold)
+
+
+class _EpochParamsSpec(_Section):
+    """DESIGN.md §6: short epochs (PoC at 40, 80, 120, ...); checked as the chain checks EpochParams."""
+
+    epoch_length: int = 40
+    epoch_multiplier: int = 1
+    epoch_shift: int = 0
+    default_unit_of_compute_price: int = 100
+    poc_stage_duration: int = 6
+    poc_exchange_duration: int = 2
+    poc_validation_delay: int = 1
+    poc_validation_duration: int = 4
+    set_new_validators_delay: int = 2
+    inference_validation_cutoff: int = 0
+    inference_pruning_epoch_threshold: int = 2
+
+    def build(self) -> EpochParams:
+        return EpochParams(**self.model_dump())
+
+
+class PocModuleParams(_Section):
+    """The genesis `PocParams` of the inference module (not the ML node's or the broker's PoC params)."""
+
+    default_difficulty: int = 5
+    validation_sample_size: _NonNegative = 200
+    # The chain prunes a stage's batches and validations this many epochs later (mainnet: 1).
+    poc_data_pruning_epoch_threshold: _Positive = 3
+
+
+class ValidationParams(_Section):
+    """The part of the chain's `ValidationParams` the devnet uses."""
+
+    expiration_blocks: int = 20
+    timestamp_expiration: int = 60
+    timestamp_advance: int = 30
+
+
+class BandwidthLimits(_Section):
+    """The chain's `BandwidthLimitsParams`."""
+
+    estimated_limits_per_block_kb: int = 10752
+    kb_per_input_token: _Decimal = Decimal(23, -4)
+    kb_per_output_token: _Decimal = Decimal(64, -2)
+
+
+class RewardParams(_Section):
+    """Settlement: reward_E = initial · e^(decay · (E - genesis_epoch)), split by weight."""
+
+    initial_epoch_reward: _NonNegative = 323_000_000_000_000
+    decay_rate: _Decimal = Decimal(-475, -6)
+    genesis_epoch: _NonNegative = 1
+
+
+class PeerBehaviour(_Section):
+    """How the simulated peers mine: nonces tried per node per PoC (a node's weight is about 70% of it)."""
+
+    nonces_per_node: _Positive = 48
+    r_target: float = 1.4013564660458173
+    fraud_threshold: float = 1.0e-7
+
+
+class ParticipantsSection(_Section):
+    """How many participants and ML nodes there are; node k declares node_models[(k-1) mod len]."""
+
+    count: _Positive = 3
+    nodes_per_participant: _Positive = 4
+    genesis_weight: _Positive = 100
+    own_name: _Text = "own"
+    peer_name_prefix: str = "peer"
+    node_models: list[list[str]] = Field(default=[["Qwen/Qwen2.5-7B-Instruct"], ["Qwen/QwQ-32B"]], min_length=1)
+    hardware: list[_Hardware] = [Hardware(type="H100", count=8)]
+
+    def names(self) -> list[str]:
+        return [self.own_name, *(f"{self.peer_name_prefix}{i}" for i in range(1, self.count))]
+
+
+class GenesisFile(_Section):
+    """A devnet genesis file (`config/devnet.yaml`); every key may be left out for its default."""
+
+    chain_id: _Text = "gonka-devnet"
+    key_seed: _Text = "dapi-devnet-v1"
+    block_time: float = Field(default=0.5, gt=0)
+    poc_slot_policy: PocSlotPolicy = Field(default=PocSlotPolicy.WEIGHT, strict=False)
+    epoch_params: _EpochParamsSpec = _EpochParamsSpec()
+    poc_params: PocModuleParams = PocModuleParams()
+    validation_params: ValidationParams = ValidationParams()
+    bandwidth_limits_params: BandwidthLimits = BandwidthLimits()
+    rewards: RewardParams = RewardParams()
+    # The two genesis models of reference/chain-logic.md §14 (mainnet values), as the schedule package has them.
+    models: list[_ModelSpec] = Field(default_factory=lambda: [_ModelSpec.of(m) for m in GENESIS_MODELS], min_length=1)
+    participants: ParticipantsSection = ParticipantsSection()
+    peers: PeerBehaviour = PeerBehaviour()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        # Each message names its key: these checks span sections, so pydantic has no field to put them on.
+        self.epoch_params.build().validate()
+        model_ids = [m.id for m in self.models]
+        if len(set(model_ids)) != len(model_ids):
+            raise ValueError("models: duplicate model id")
+        # Nodes may declare non-governance models on purpose (they land in the overflow list), but a typo
+        # in the devnet's own file is more likely: only ids of the genesis registry are accepted here.
+        unknown = sorted({m for ids in self.participants.node_models for m in ids} - set(model_ids))
+        if unknown:
+            raise ValueError(f"participants.node_models: not genesis models: {', '.join(unknown)}")
+        names = self.participants.names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"participants.own_name: {names[0]!r} collides with a peer name")
+        return self
+
+
+# The defaults config/devnet.yaml spells out (a test keeps the two equal).
+DEFAULT_SPEC: dict[str, Any] = GenesisFile().model_dump(mode="json")
