@@ -57,7 +57,7 @@ async def test_missed_boundaries_are_replayed_in_order_after_an_outage(session: 
     assert ctx.end_of_poc_generation in replayed and ctx.end_of_poc_validation in replayed
     # The phase of every height is the chain's phase of that height.
     for height, phase, _ in daemon.dispatcher.recent:
-        latest = s.devnet.chain.latest_epoch(height)
+        latest = s.devnet.ledger.latest_epoch(height)
         chain_phase = EpochContext(latest.index, latest.poc_start_block_height, s.devnet.genesis.epoch_params).phase_at(height)
         assert phase == chain_phase, height
     transitions = dict((h, what) for h, what in daemon.dispatcher.transitions)
@@ -86,13 +86,13 @@ async def test_seeds_are_submitted_rotated_and_each_epoch_claimed_once(session: 
     await daemon_at(s, context(s, 3).claim_money + 1)
     own = s.devnet.own.address
     for epoch in (1, 2, 3):
-        seeds = [seed for seed in s.devnet.chain.seeds(epoch) if seed.participant == own]
+        seeds = [seed for seed in s.devnet.ledger.seeds(epoch) if seed.participant == own]
         assert len(seeds) == 1, epoch
     assert s.daemon.seeds is not None and s.daemon.seeds.current is not None
     assert s.daemon.seeds.current.epoch_index == 3 and s.daemon.seeds.previous.epoch_index == 2  # type: ignore[union-attr]
-    await s.devnet.wait_until(lambda: len([c for c in s.devnet.chain.claims() if c.participant == own]) >= 2,
+    await s.devnet.wait_until(lambda: len([c for c in s.devnet.ledger.claims() if c.participant == own]) >= 2,
                               timeout=30, what="claims landed")
-    claims = [c.epoch_index for c in s.devnet.chain.claims() if c.participant == own]
+    claims = [c.epoch_index for c in s.devnet.ledger.claims() if c.participant == own]
     assert sorted(claims) == sorted(set(claims)) and {1, 2} <= set(claims)
 
 
@@ -115,7 +115,7 @@ async def test_batch_validation_reaches_only_validating_nodes_with_a_determinist
             assert calls == [], f"{node.local_id} serves inference during PoC and must not validate"
     bodies = [b for bs in sent.values() for b in bs]
     assert bodies, "no samples were validated"
-    block_hash = s.devnet.chain.block(ctx.start_of_poc).hash  # type: ignore[union-attr]
+    block_hash = s.devnet.ledger.block(ctx.start_of_poc).hash  # type: ignore[union-attr]
     seed = sample_seed(s.daemon.identity.pubkey_hex, block_hash, ctx.start_of_poc)
     groups = {g.hex_pub_key: g for g in await s.daemon.chain.query.poc_batches_for_stage(ctx.start_of_poc)}  # type: ignore[union-attr]
     for body in bodies:
@@ -146,7 +146,7 @@ async def test_governance_change_shows_in_governance_models_not_in_models_until_
         for _ in range(300):
             if await governance_has_it():
                 break
-            await s.devnet.wait_for_height(s.devnet.chain.height + 1)
+            await s.devnet.wait_for_height(s.devnet.ledger.height + 1)
         assert await governance_has_it()
         assert (await client.get("/v1/models")).json()["models"] == before
         # The next formation snapshots the new value; it is served from that epoch's switch on.

@@ -132,9 +132,9 @@ async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_in
                 participants=records,
                 hardware=hardware,
                 batches=batches,
-                validations=devnet.chain.validations(stage),
+                validations=devnet.ledger.validations(stage),
                 validator_weights={vw.member_address: vw.weight for vw in before.validation_weights},
-                seeds={s.participant: s for s in devnet.chain.seeds(epoch)},
+                seeds={s.participant: s for s in devnet.ledger.seeds(epoch)},
                 previous=previous,
                 default_unit_of_compute_price=(before.unit_of_compute_price if epoch > 1
                                                else params.default_unit_of_compute_price),
@@ -157,7 +157,7 @@ async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_in
             assert report.epoch_reward == reward
             assert sum(m.reward or 0 for m in report.members) == reward
             assert all(m.full_coverage for m in report.members)  # every peer serves both models
-            claimed = {c.participant: c.amount for c in devnet.chain.claims() if c.epoch_index == epoch}
+            claimed = {c.participant: c.amount for c in devnet.ledger.claims() if c.epoch_index == epoch}
             assert claimed == {m.address: m.reward for m in report.members}
         assert devnet.peers.rejected() == [] and devnet.peers.failed() == []
     finally:
@@ -181,9 +181,9 @@ async def test_the_chain_rules_bite_a_misbehaving_peer(devnet: Devnet) -> None:
     await devnet.wait_for_formed(3, timeout=60)
 
     # peer1 mined at epoch 2's PoC (80) with the nodes that had POC_SLOT in epoch 1 ...
-    serving = {n.node_id: n.poc_weight for p in devnet.chain.active_participants(1) if p.index == peer1.address
+    serving = {n.node_id: n.poc_weight for p in devnet.ledger.active_participants(1) if p.index == peer1.address
                for n in p.all_nodes if n.is_active_during_poc}
-    mined = {b.node_id: len(b.nonces) for b in devnet.chain.batches(80, peer1.address)}
+    mined = {b.node_id: len(b.nonces) for b in devnet.ledger.batches(80, peer1.address)}
     assert serving and set(serving) <= set(mined)
     assert all(mined[node] != weight for node, weight in serving.items())  # the batches would change the weight
     # ... and formation ignored those batches: the nodes kept their preserved weight.
@@ -194,16 +194,16 @@ async def test_the_chain_rules_bite_a_misbehaving_peer(devnet: Devnet) -> None:
     weights = {n.node_id: n.poc_weight for n in member.nodes}
     assert {node: weights[node] for node in serving} == serving
     # The correct peer2 never mined with its POC_SLOT nodes.
-    peer2_serving = {n.node_id for p in devnet.chain.active_participants(1) if p.index == peer2.address
+    peer2_serving = {n.node_id for p in devnet.ledger.active_participants(1) if p.index == peer2.address
                      for n in p.all_nodes if n.is_active_during_poc}
-    assert peer2_serving.isdisjoint(b.node_id for b in devnet.chain.batches(80, peer2.address))
+    assert peer2_serving.isdisjoint(b.node_id for b in devnet.ledger.batches(80, peer2.address))
 
     # peer2 skipped its seed for epoch 3: it mined, was validated, and is still not a member.
     report3 = devnet.report(3)
     assert report3 is not None
     assert [m.name for m in report3.members] == ["peer1"]
-    assert devnet.chain.batches(120, peer2.address)
-    assert peer2.address not in {s.participant for s in devnet.chain.seeds(3)}
+    assert devnet.ledger.batches(120, peer2.address)
+    assert peer2.address not in {s.participant for s in devnet.ledger.seeds(3)}
 
 
 async def test_own_participant_joins_through_its_sim_ml_nodes() -> None:
@@ -288,10 +288,10 @@ async def test_own_participant_joins_through_its_sim_ml_nodes() -> None:
                 own.nodes[number - 1].local_id: len(batch.nonces) for number, batch in first.items()
             }
             # Every peer checked the own batches with the same simulated PoW and found them honest.
-            votes = devnet.chain.validations(40, own.address)
+            votes = devnet.ledger.validations(40, own.address)
             assert {v.validator_participant_address for v in votes} == {p.address for p in devnet.genesis.peers}
             assert not any(v.fraud_detected for v in votes)
-            groups = devnet.chain.epoch_groups(1)
+            groups = devnet.ledger.epoch_groups(1)
             assert groups is not None
             for sub in groups[1]:
                 mine = sub.weight_of(own.address)

@@ -228,4 +228,4 @@ async def test_a_taken_port_fails_the_start_and_leaves_nothing_running() -> None
     async with httpx.AsyncClient() as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(devnet.mlnodes.url + "/sim/nodes")
-    assert devnet.chain.height == 0
+    assert devnet.ledger.height == 0

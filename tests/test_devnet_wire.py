@@ -22,8 +22,8 @@ from dapi.chain.query import AbciTransport, ChainQuery, GrpcTransport
 from dapi.chain.rpc import CometRPC
 from dapi.chain.tx import TxSigner, sign_tx
 from dapi.devnet import Devnet
-from dapi.devnet.chain import CODESPACE_INFERENCE, CODESPACE_SDK, InferenceCode, SdkCode
 from dapi.devnet.genesis import ParticipantSpec
+from dapi.devnet.ledger import CODESPACE_INFERENCE, CODESPACE_SDK, InferenceCode, SdkCode
 from dapi.gen.inference.inference import query_pb2 as q
 from dapi.gen.inference.inference import tx_pb2 as itx
 
@@ -52,7 +52,7 @@ def poc_batch(who: ParticipantSpec, batch_id: str, node_id: str = "node2", start
 async def stop_at(devnet: Devnet, height: int) -> None:
     devnet.pause_at(height)
     await devnet.wait_for_height(height)
-    assert devnet.chain.height == height and devnet.paused
+    assert devnet.ledger.height == height and devnet.paused
 
 
 # --- queries ---------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ async def test_grpc_and_abci_give_identical_answers(devnet: Devnet) -> None:
         for vw in sub.validation_weights:
             assert vw.ml_nodes and all(len(n.timeslot_allocation) == 2 for n in vw.ml_nodes)
     assert [n.local_id for n in hardware.hardware_nodes] == ["node1", "node2", "node3", "node4"]
-    chain_account = devnet.chain.account(devnet.own.signer_address)
+    chain_account = devnet.ledger.account(devnet.own.signer_address)
     assert chain_account is not None and account.account_number == chain_account.account_number
     by_participant = {b.participant: b for b in batches}
     peer_batches = by_participant[peer.address]
@@ -130,7 +130,7 @@ async def test_epoch_state_at_a_past_height_over_grpc_metadata_and_abci_height(d
         new = q.QueryCurrentEpochGroupDataResponse.FromString(await at(group_path, 53))
         assert (old.epoch_group_data.epoch_index, new.epoch_group_data.epoch_index) == (0, 1)
         with pytest.raises(grpc.aio.AioRpcError) as future:
-            await at(path, devnet.chain.height + 1000)
+            await at(path, devnet.ledger.height + 1000)
         assert future.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     await rpc.aclose()
 
@@ -165,19 +165,19 @@ async def test_a_batch_in_the_window_is_included_and_a_late_one_fails_in_its_blo
         await devnet.step()
         included = await broadcaster.get_tx(sent.hash)
         assert (included.height, included.code) == (P1 + 1, 0)
-        [stored] = devnet.chain.batches(P1, own.address)
+        [stored] = devnet.ledger.batches(P1, own.address)
         assert (stored.batch_id, stored.node_id) == ("in-window", "node2")
         stored_over_wire = await query.poc_batches_for_stage(P1)
         assert [b.node_id for g in stored_over_wire if g.participant == own.address for b in g.poc_batch] == ["node2"]
 
-        await devnet.step(48 - devnet.chain.height)  # to the exchange deadline: the next block is too late
+        await devnet.step(48 - devnet.ledger.height)  # to the exchange deadline: the next block is too late
         late = await broadcaster.broadcast(tx_signer.sign([poc_batch(own, "late")]).raw)
         assert late.code == 0  # the window is a block rule, not a CheckTx rule
         await devnet.step()
         result = await broadcaster.get_tx(late.hash)
         assert (result.height, result.code, result.codespace) == (49, InferenceCode.POC_TOO_LATE, CODESPACE_INFERENCE)
         assert "too late" in result.log
-        assert [b.batch_id for b in devnet.chain.batches(P1, own.address)] == ["in-window"]
+        assert [b.batch_id for b in devnet.ledger.batches(P1, own.address)] == ["in-window"]
     finally:
         devnet.resume_blocks()
         await broadcaster.aclose()
@@ -193,7 +193,7 @@ async def test_bad_txs_get_nonzero_checktx_codes_and_the_node_keeps_going(devnet
         account = await query.account(own.signer_address)
         wrong_chain = sign_tx(own.signer_key, [poc_batch(own, "x")], chain_id="gonka-mainnet",
                               account_number=account.account_number, unordered=True,
-                              timeout_timestamp_ns=devnet.chain.now_ns() + 30 * 10**9, account_address=own.address)
+                              timeout_timestamp_ns=devnet.ledger.now_ns() + 30 * 10**9, account_address=own.address)
         for broadcaster in (rpc, grpc_broadcaster):
             bad_sig = await broadcaster.broadcast(wrong_chain.raw)
             assert (bad_sig.code, bad_sig.codespace) == (SdkCode.UNAUTHORIZED, CODESPACE_SDK)
@@ -216,10 +216,10 @@ async def test_bad_txs_get_nonzero_checktx_codes_and_the_node_keeps_going(devnet
         for broadcaster in (rpc, grpc_broadcaster):
             with pytest.raises(ChainNotFound):
                 await broadcaster.get_tx(wrong_chain.hash)
-        height = devnet.chain.height
+        height = devnet.ledger.height
         await devnet.wait_for_height(height + 3)
-        assert devnet.chain.mempool_size == 0
-        assert devnet.chain.tx(good.hash) is not None and devnet.chain.tx(wrong_chain.hash) is None
+        assert devnet.ledger.mempool_size == 0
+        assert devnet.ledger.tx(good.hash) is not None and devnet.ledger.tx(wrong_chain.hash) is None
     finally:
         await query.aclose()
         await rpc.aclose()
@@ -255,11 +255,11 @@ async def test_status_block_tx_shapes_and_uri_style(devnet: Devnet) -> None:
     try:
         status = await rpc.status()
         assert status.network == devnet.genesis.chain_id and status.catching_up is False
-        latest = devnet.chain.latest_block
+        latest = devnet.ledger.latest_block
         assert latest is not None
         assert (status.latest_block_height, status.latest_block_hash) == (latest.height, latest.hash)
         block = await rpc.block(2)
-        assert block.hash == devnet.chain.block(2).hash == block.hash.upper()  # type: ignore[union-attr]
+        assert block.hash == devnet.ledger.block(2).hash == block.hash.upper()  # type: ignore[union-attr]
         devnet.set_catching_up(True)
         assert (await rpc.status()).catching_up is True
         devnet.set_catching_up(False)
@@ -269,14 +269,14 @@ async def test_status_block_tx_shapes_and_uri_style(devnet: Devnet) -> None:
                                                     "params": {"height": "2"}})).json()["result"]
             header = raw_block["block"]["header"]
             assert header["height"] == "2" and header["chain_id"] == devnet.genesis.chain_id
-            assert header["last_block_id"]["hash"] == devnet.chain.block(1).hash  # type: ignore[union-attr]
+            assert header["last_block_id"]["hash"] == devnet.ledger.block(1).hash  # type: ignore[union-attr]
             assert header["time"].endswith("Z")
             uri = (await http.get("/block", params={"height": "2"})).json()["result"]
             assert uri == raw_block
             uri_status = (await http.get("/status")).json()["result"]
             assert uri_status["sync_info"]["latest_block_height"] == str(latest.height)
             # A peer's hardware diff (sent after block 1) is in block 2: look it up by hash, both styles.
-            record = devnet.chain.block(2).txs[0]  # type: ignore[union-attr]
+            record = devnet.ledger.block(2).txs[0]  # type: ignore[union-attr]
             by_post = (await http.post("/", json={"jsonrpc": "2.0", "id": 2, "method": "tx", "params": {
                 "hash": base64.b64encode(bytes.fromhex(record.hash)).decode(), "prove": False}})).json()["result"]
             assert (by_post["hash"], by_post["height"], by_post["tx_result"]["code"]) == (record.hash, "2", 0)
@@ -329,7 +329,7 @@ async def test_a_subscriber_gets_every_height_once_and_in_order(devnet: Devnet) 
                 height_text = value["block"]["header"]["height"]
                 assert isinstance(height_text, str)
                 height = int(height_text)
-                assert value["block_id"]["hash"] == devnet.chain.block(height).hash  # type: ignore[union-attr]
+                assert value["block_id"]["hash"] == devnet.ledger.block(height).hash  # type: ignore[union-attr]
                 assert "result_finalize_block" in value
                 heights.append(height)
     assert heights == list(range(heights[0], heights[0] + len(heights)))
@@ -391,5 +391,5 @@ async def test_garbage_requests_get_json_rpc_errors(devnet: Devnet) -> None:
         batch = (await http.post("/", json=[{"jsonrpc": "2.0", "id": 4, "method": "health"},
                                             {"jsonrpc": "2.0", "id": 5, "method": "status"}])).json()
         assert [frame["id"] for frame in batch] == [4, 5] and batch[0]["result"] == {}
-    height = devnet.chain.height
+    height = devnet.ledger.height
     await devnet.wait_for_height(height + 2)

@@ -65,7 +65,7 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             return status["chain"]["last_height"] or 0
 
         def ours() -> list[str]:
-            return [b.batch_id for b in devnet.chain.batches(ctx.start_of_poc, participant=own)
+            return [b.batch_id for b in devnet.ledger.batches(ctx.start_of_poc, participant=own)
                     if b.nonces and b.nonces[0] >= MARK]
 
         daemon = start_daemon(config)
@@ -74,9 +74,9 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
                 return await daemon_height() >= ctx.start_of_poc + 1
 
             await wait_for(in_window, what="the PoC exchange window", timeout=30, ignore=(httpx.HTTPError,))
-            devnet.pause_at(devnet.chain.height + 1)
+            devnet.pause_at(devnet.ledger.height + 1)
             await wait_for(lambda: devnet.paused, what="the chain to pause", timeout=30, ignore=(httpx.HTTPError,))
-            assert devnet.chain.height < ctx.poc_exchange_window.end - 3
+            assert devnet.ledger.height < ctx.poc_exchange_window.end - 3
             devnet.inject_checktx_fault(10**6, code=20)
             for i in range(BATCHES):
                 body = {"public_key": "02" + "ab" * 32, "block_hash": "AB", "block_height": ctx.start_of_poc,
@@ -102,7 +102,7 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             # exchange window include them all. A batch whose broadcast was in flight at the kill is
             # sent again once its (short) tx timeout has passed.
             def in_mempool() -> int:
-                return len({m.nonces[0] for m in devnet.chain.mempool_messages()
+                return len({m.nonces[0] for m in devnet.ledger.mempool_messages()
                             if isinstance(m, MsgSubmitPocBatch) and m.nonces and m.nonces[0] >= MARK})
 
             try:
@@ -121,6 +121,6 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             daemon.terminate()
             assert daemon.wait(timeout=15) == 0  # a graceful stop on SIGTERM
             await http.aclose()
-    batches = [b for b in devnet.chain.batches(ctx.start_of_poc, participant=own) if b.nonces[0] >= MARK]
+    batches = [b for b in devnet.ledger.batches(ctx.start_of_poc, participant=own) if b.nonces[0] >= MARK]
     assert sorted(b.nonces[0] - MARK for b in batches) == list(range(BATCHES))  # every one, each once
     assert {b.node_id for b in batches} == {"node1"}

@@ -53,7 +53,7 @@ async def test_retriable_rejection_then_acceptance(chain_and_outbox: tuple[Devne
     own = devnet.own.address
     devnet.inject_checktx_fault(2, code=20)  # "mempool is full", twice
     await outbox.submit(MsgSubmitSeed(creator=own, epoch_index=77, signature="ab" * 64))
-    await wait_for(lambda: any(s.participant == own for s in devnet.chain.seeds(77)), what="the seed on chain", timeout=20)
+    await wait_for(lambda: any(s.participant == own for s in devnet.ledger.seeds(77)), what="the seed on chain", timeout=20)
 
     async def landed() -> bool:
         return len(await outbox.landed()) == 1
@@ -78,7 +78,7 @@ async def test_non_retriable_rejection_is_dead_lettered_and_visible(chain_and_ou
     await wait_for(dead, what="the dead letter", timeout=20)
     [letter] = await outbox.dead_letters()
     assert (letter.stage, letter.code, letter.codespace, letter.log) == ("checktx", 13, "sdk", "insufficient fee")
-    assert devnet.chain.seeds(78) == []
+    assert devnet.ledger.seeds(78) == []
     app = create_admin_app(broker=None, store=NodeStore(tmp_path / "n.json"), outbox=outbox)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://admin") as client:
         view = (await client.get("/admin/v1/outbox/dead-letters")).json()["dead_letters"]

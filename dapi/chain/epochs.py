@@ -1,6 +1,6 @@
 """Epoch math: parameters, stage heights, exchange windows and the phase of a block height.
 
-Pure functions over plain data, shared by the daemon's phase tracker and the devnet chain, so both
+Pure functions over plain data, shared by the daemon's phase tracker and the devnet ledger, so both
 sides of the wire agree on every boundary by construction. The rules are the chain's
 (reference/chain-io.md §2, reference/chain-logic.md §2): all stage heights are offsets from an
 epoch's PoC start, the genesis epoch (index 0) has no stages at all, and stage detection is exact

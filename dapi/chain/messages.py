@@ -38,7 +38,7 @@ def _registry(classes: Iterable[type[Message]]) -> Mapping[str, type[Message]]:
     return MappingProxyType({type_url_of(cls): cls for cls in classes})
 
 
-# Transaction messages the daemon sends (and the devnet chain executes), their responses (which come
+# Transaction messages the daemon sends (and the devnet ledger executes), their responses (which come
 # back packed in TxMsgData.msg_responses), and the non-message Any payloads of tx and account
 # handling (public key, account, authz grant).
 REGISTRY: Mapping[str, type[Message]] = _registry(

@@ -1,7 +1,7 @@
 """Simulated peers: the other participants of the devnet, acting like correct API nodes.
 
 Each peer signs real txs with its signer key (authz MsgExec on behalf of its account) and submits
-them through the chain's CheckTx, so the peers exercise the same rules as the daemon's txs. After each
+them through the ledger's CheckTx, so the peers exercise the same rules as the daemon's txs. After each
 committed block (`on_block`), a peer:
 
 - declares its ML nodes once (MsgSubmitHardwareDiff);
@@ -33,8 +33,8 @@ from google.protobuf.message import Message
 
 from dapi.chain.epochs import EpochContext
 from dapi.chain.tx import TxSigner
-from dapi.devnet.chain import Block, CheckTxResult, DevnetChain, TxRecord
 from dapi.devnet.genesis import DevnetGenesis, ParticipantSpec
+from dapi.devnet.ledger import Block, CheckTxResult, Ledger, TxRecord
 from dapi.devnet.mlnode import sim_dist, validate_proof_batch
 from dapi.devnet.schedule.records import HardwareNode, HardwareNodeStatus, PoCBatch
 from dapi.devnet.wire.convert import hardware_node_to_proto
@@ -82,15 +82,15 @@ class _Peer:
 class PeerSimulator:
     """All simulated peers of one devnet chain; the runner calls `on_block` after every block."""
 
-    def __init__(self, chain: DevnetChain, genesis: DevnetGenesis) -> None:
-        self.chain = chain
+    def __init__(self, ledger: Ledger, genesis: DevnetGenesis) -> None:
+        self.ledger = ledger
         self.genesis = genesis
         self._peers: dict[str, _Peer] = {}
         for spec in genesis.peers:
-            account = chain.account(spec.signer_address)
+            account = ledger.account(spec.signer_address)
             assert account is not None, "genesis creates an account for every signer key"
-            signer = TxSigner(spec.signer_key, chain_id=chain.chain_id, account_number=account.account_number,
-                              account_address=spec.address, clock_ns=chain.now_ns)
+            signer = TxSigner(spec.signer_key, chain_id=ledger.chain_id, account_number=account.account_number,
+                              account_address=spec.address, clock_ns=ledger.now_ns)
             self._peers[spec.name] = _Peer(spec=spec, signer=signer)
         self.txs: list[PeerTx] = []
 
@@ -112,7 +112,7 @@ class PeerSimulator:
         """Peer txs included with a non-zero result code (a correct peer has none)."""
         out = []
         for t in self.txs:
-            record = self.chain.tx(t.check.hash) if t.check.ok else None
+            record = self.ledger.tx(t.check.hash) if t.check.ok else None
             if record is not None and not record.ok:
                 out.append((t, record))
         return out
@@ -121,9 +121,9 @@ class PeerSimulator:
 
     def on_block(self, block: Block) -> None:
         height = block.height
-        params = self.chain.params
-        latest = self.chain.latest_epoch()
-        effective = self.chain.effective_epoch()
+        params = self.ledger.params
+        latest = self.ledger.latest_epoch()
+        effective = self.ledger.effective_epoch()
         for peer in self._peers.values():
             if not peer.hardware_sent:
                 self._declare_hardware(peer, height)
@@ -145,7 +145,7 @@ class PeerSimulator:
 
     def _submit(self, peer: _Peer, kind: str, message: Message, height: int) -> CheckTxResult:
         signed = peer.signer.sign([message])
-        result = self.chain.check_tx(signed.raw, external=False)
+        result = self.ledger.check_tx(signed.raw, external=False)
         self.txs.append(PeerTx(peer=peer.spec.name, kind=kind, check=result, height=height))
         if not result.ok:
             log.warning("devnet peer tx rejected", peer=peer.spec.name, kind=kind, code=result.code, log=result.log)
@@ -206,8 +206,8 @@ class PeerSimulator:
     def serving_nodes(self, peer: str) -> set[str]:
         """The peer's nodes with POC_SLOT=true in the effective epoch: they serve instead of mining."""
         address = self._peers[peer].spec.address
-        effective = self.chain.effective_epoch().index
-        for participant in self.chain.active_participants(effective):
+        effective = self.ledger.effective_epoch().index
+        for participant in self.ledger.active_participants(effective):
             if participant.index == address:
                 return {n.node_id for n in participant.all_nodes if n.is_active_during_poc}
         return set()
@@ -230,18 +230,18 @@ class PeerSimulator:
 
     def _validate(self, peer: _Peer, ctx: EpochContext, height: int) -> None:
         stage = ctx.start_of_poc
-        start_block = self.chain.block(stage)
+        start_block = self.ledger.block(stage)
         if start_block is None:
             return
         by_participant: dict[str, list[PoCBatch]] = {}
-        for batch in self.chain.batches(stage):
+        for batch in self.ledger.batches(stage):
             by_participant.setdefault(batch.participant_address, []).append(batch)
         behaviour = self.genesis.peer_behaviour
         for participant, batches in sorted(by_participant.items()):
             fingerprint = tuple(sorted((b.batch_id, len(b.nonces)) for b in batches))
             if peer.votes.get((stage, participant)) == fingerprint:
                 continue
-            account = self.chain.account(participant)
+            account = self.ledger.account(participant)
             if account is None:
                 continue
             proof = ProofBatch(

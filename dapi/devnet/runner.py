@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -11,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dapi.chain.epochs import Epoch
-from dapi.devnet.chain import CODESPACE_SDK, Block, DevnetChain, EpochReport, SdkCode
 from dapi.devnet.daemon_config import DaemonConfigFiles, DaemonPorts, write_daemon_config
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, DevnetGenesis, ParticipantSpec, load_genesis
+from dapi.devnet.ledger import CODESPACE_SDK, Block, EpochReport, Ledger, SdkCode
 from dapi.devnet.mlnode import SimMLNodeServer
 from dapi.devnet.peers import Misbehaviour, PeerSimulator
 from dapi.devnet.schedule.records import Model
@@ -36,7 +35,7 @@ class Devnet:
     built-in defaults) with the given participant/node counts and block time. `produce_blocks=False`
     starts paused (use `step()` or `resume_blocks()`).
 
-    Attributes: `genesis`, `chain` (DevnetChain: state, stored batches/validations/seeds/claims, groups,
+    Attributes: `genesis`, `ledger` (Ledger: state, stored batches/validations/seeds/claims, groups,
     tx results), `peers` (PeerSimulator), `mlnodes` (SimMLNodeServer with the own participant's nodes
     node1..nodeM), `own` (the own ParticipantSpec: address, account and signer keys, nodes),
     `rpc_url`, `websocket_url`, `grpc_target`, `mlnode_url`.
@@ -55,7 +54,7 @@ class Devnet:
     - `await wait_for_height(h)`, `await wait_for_epoch(k)` (epoch k effective), `await wait_for_formed(k)`,
       `await wait_until(predicate)` — each checked after every block, with a timeout (TimeoutError);
     - `report(k)` / `reports()`: per-epoch members, weights, allocations and (once settled) rewards;
-    - read the chain's store through `chain`: `batches(stage)`, `validations(stage)`, `seeds(epoch)`,
+    - read the ledger's store through `ledger`: `batches(stage)`, `validations(stage)`, `seeds(epoch)`,
       `claims()`, `epoch_groups(k)`, `active_participants(k)`, `tx(hash)`.
     - `write_daemon_config(path, ports=DaemonPorts(), use_grpc=True, data_dir=None)` and
       `ready_info(ports)` (the ready line of DESIGN.md §4.1) for `dapi devnet --no-daemon` and for tests
@@ -88,11 +87,11 @@ class Devnet:
         if self.block_time <= 0:
             raise ValueError("block_time must be positive")
         self.host = host
-        self.chain = DevnetChain(genesis)
-        self.peers = PeerSimulator(self.chain, genesis)
-        self.router = QueryRouter(self.chain)
-        self.rpc = CometRpcServer(self.chain, self.router, host=host, port=rpc_port)
-        self.grpc = DevnetGrpcServer(self.chain, self.router, host=host, port=grpc_port)
+        self.ledger = Ledger(genesis)
+        self.peers = PeerSimulator(self.ledger, genesis)
+        self.router = QueryRouter(self.ledger)
+        self.rpc = CometRpcServer(self.ledger, self.router, host=host, port=rpc_port)
+        self.grpc = DevnetGrpcServer(self.ledger, self.router, host=host, port=grpc_port)
         self.mlnodes = SimMLNodeServer(
             host=host,
             port=mlnode_port,
@@ -175,7 +174,7 @@ class Devnet:
             next_at = max(next_at + self.block_time, loop.time())
 
     def _produce(self) -> Block:
-        block = self.chain.make_block()
+        block = self.ledger.make_block()
         try:
             self.peers.on_block(block)
         except Exception:  # a peer bug must not stop the chain
@@ -203,8 +202,8 @@ class Devnet:
 
     def pause_at(self, height: int) -> None:
         """Pause block production right after block `height` is made (deterministic, unlike a waiter)."""
-        if height <= self.chain.height:
-            raise ValueError(f"height {height} is already made (chain at {self.chain.height})")
+        if height <= self.ledger.height:
+            raise ValueError(f"height {height} is already made (chain at {self.ledger.height})")
         self._pause_at = height
 
     async def step(self, count: int = 1) -> list[Block]:
@@ -230,24 +229,24 @@ class Devnet:
                     await event.wait()
         except TimeoutError:
             raise TimeoutError(f"devnet: timed out after {timeout}s waiting for {what or predicate!r} "
-                               f"(height {self.chain.height})") from None
+                               f"(height {self.ledger.height})") from None
 
     async def wait_for_height(self, height: int, *, timeout: float = 60.0) -> Block:
-        await self.wait_until(lambda: self.chain.height >= height, timeout=timeout, what=f"height {height}")
-        block = self.chain.block(height)
+        await self.wait_until(lambda: self.ledger.height >= height, timeout=timeout, what=f"height {height}")
+        block = self.ledger.block(height)
         assert block is not None
         return block
 
     async def wait_for_epoch(self, epoch_index: int, *, timeout: float = 120.0) -> EpochReport | None:
         """Wait until epoch `epoch_index` is effective (formed and switched to); returns its report."""
-        await self.wait_until(lambda: self.chain.effective_epoch().index >= epoch_index, timeout=timeout,
+        await self.wait_until(lambda: self.ledger.effective_epoch().index >= epoch_index, timeout=timeout,
                               what=f"epoch {epoch_index} effective")
-        return self.chain.report(epoch_index)
+        return self.ledger.report(epoch_index)
 
     async def wait_for_formed(self, epoch_index: int, *, timeout: float = 120.0) -> EpochReport:
-        await self.wait_until(lambda: self.chain.report(epoch_index) is not None, timeout=timeout,
+        await self.wait_until(lambda: self.ledger.report(epoch_index) is not None, timeout=timeout,
                               what=f"epoch {epoch_index} formed")
-        report = self.chain.report(epoch_index)
+        report = self.ledger.report(epoch_index)
         assert report is not None
         return report
 
@@ -275,33 +274,33 @@ class Devnet:
 
     @property
     def effective_epoch(self) -> Epoch:
-        return self.chain.effective_epoch()
+        return self.ledger.effective_epoch()
 
     @property
     def latest_epoch(self) -> Epoch:
-        return self.chain.latest_epoch()
+        return self.ledger.latest_epoch()
 
     # --- hooks -------------------------------------------------------------------------------------
 
     def set_governance_model(self, model: Model) -> None:
-        self.chain.set_governance_model(model)
+        self.ledger.set_governance_model(model)
 
     def remove_governance_model(self, model_id: str) -> None:
-        self.chain.remove_governance_model(model_id)
+        self.ledger.remove_governance_model(model_id)
 
     def inject_checktx_fault(
         self, count: int, *, code: int = SdkCode.MEMPOOL_IS_FULL, codespace: str = CODESPACE_SDK, log: str = ""
     ) -> None:
-        self.chain.inject_checktx_fault(count, code=code, codespace=codespace, log=log)
+        self.ledger.inject_checktx_fault(count, code=code, codespace=codespace, log=log)
 
     def clear_checktx_faults(self) -> None:
-        self.chain.clear_checktx_faults()
+        self.ledger.clear_checktx_faults()
 
     async def drop_websockets(self) -> int:
         return await self.rpc.drop_websockets()
 
     def set_catching_up(self, catching_up: bool) -> None:
-        self.chain.catching_up = catching_up
+        self.ledger.catching_up = catching_up
 
     def set_misbehaving(
         self,
@@ -321,10 +320,10 @@ class Devnet:
         return name
 
     def report(self, epoch_index: int) -> EpochReport | None:
-        return self.chain.report(epoch_index)
+        return self.ledger.report(epoch_index)
 
     def reports(self) -> list[EpochReport]:
-        return self.chain.reports()
+        return self.ledger.reports()
 
     # --- the daemon's side -------------------------------------------------------------------------
 
@@ -344,7 +343,7 @@ class Devnet:
         """
         config_path = Path(path).expanduser().resolve()
         if data_dir is None:
-            seconds, nanos = divmod(self.chain.genesis_time_ns, 1_000_000_000)
+            seconds, nanos = divmod(self.ledger.genesis_time_ns, 1_000_000_000)
             stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y%m%dT%H%M%S") + f".{nanos // 1_000_000:03d}Z"
             data_dir = config_path.parent / "dapi-data" / f"{self.genesis.chain_id}-{stamp}"
         files = write_daemon_config(
@@ -353,8 +352,7 @@ class Devnet:
             data_dir=data_dir,
         )
         # The chain's participant record points at the daemon that config will start.
-        record = self.chain.participants[self.own.address]
-        self.chain.participants[self.own.address] = dataclasses.replace(record, inference_url=files.ports.public_api)
+        self.ledger.set_inference_url(self.own.address, files.ports.public_api)
         return files
 
     def ready_info(self, ports: DaemonPorts | None = None) -> dict[str, Any]:

@@ -187,7 +187,7 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
             if epochs is not None and len(watch.formed) < epochs:
                 verdict["healthy"] = False
                 verdict["problems"].append(f"stopped after {len(watch.formed)} of {epochs} epochs")
-            summary = {"event": "summary", **verdict, "height": session.devnet.chain.height}
+            summary = {"event": "summary", **verdict, "height": session.devnet.ledger.height}
             verdict_text = "healthy" if verdict["healthy"] else "NOT healthy: " + "; ".join(verdict["problems"])
             out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
             return 0 if verdict["healthy"] else 1
@@ -218,14 +218,14 @@ async def _watch(devnet: Devnet, out: _Output, stop: asyncio.Event, *, epochs: i
     while not stop.is_set():
         try:
             await devnet.wait_until(
-                lambda seen=announced: stop.is_set() or devnet.chain.effective_epoch().index > seen,  # type: ignore[misc]
+                lambda seen=announced: stop.is_set() or devnet.ledger.effective_epoch().index > seen,  # type: ignore[misc]
                 timeout=patience, what="the next epoch or a stop signal",
             )
         except TimeoutError:
             continue
         except RuntimeError as exc:
             return False, str(exc)
-        while devnet.chain.effective_epoch().index > announced:
+        while devnet.ledger.effective_epoch().index > announced:
             announced += 1
             report = devnet.report(announced)
             payload: dict[str, Any] = {"event": "epoch", **(report.as_json() if report else {"epoch_index": announced})}
@@ -245,11 +245,11 @@ def _summary(devnet: Devnet, healthy: bool, reason: str) -> dict[str, Any]:
         "event": "summary",
         "healthy": healthy,
         "reason": reason,
-        "height": devnet.chain.height,
-        "effective_epoch": devnet.chain.effective_epoch().index,
+        "height": devnet.ledger.height,
+        "effective_epoch": devnet.ledger.effective_epoch().index,
         "epochs": [r.as_json() for r in devnet.reports()],
         "peer_txs": len(devnet.peers.txs),
         "peer_txs_rejected": len(devnet.peers.rejected()),
         "peer_txs_failed": len(devnet.peers.failed()),
-        "claims": len(devnet.chain.claims()),
+        "claims": len(devnet.ledger.claims()),
     }

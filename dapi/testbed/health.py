@@ -134,7 +134,7 @@ class HealthWatch:
                                      f"(POC_SLOT={poc_slot}, init/generate calls={generate}, state={mid[node_id]})")
 
     async def _check_models(self, epoch: int) -> None:
-        groups = self.session.devnet.chain.epoch_groups(epoch)
+        groups = self.session.devnet.ledger.epoch_groups(epoch)
         expected: list[dict[str, Any]] = []
         if groups is not None:
             _, subgroups = groups
@@ -151,7 +151,7 @@ class HealthWatch:
     def _collect_batches(self, stage: int) -> None:
         own = self.session.devnet.own
         node_ids = {n.local_id for n in own.nodes}
-        for batch in self.session.devnet.chain.batches(stage, participant=own.address):
+        for batch in self.session.devnet.ledger.batches(stage, participant=own.address):
             self.own_batches_on_chain[batch.batch_id] = len(batch.nonces)
             if batch.node_id not in node_ids:
                 self.own_batches_without_node += 1

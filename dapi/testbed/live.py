@@ -47,7 +47,7 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
         if ctx.is_genesis or snapshot.height < ctx.start_of_poc:
             ctx = EpochContext(ctx.epoch_index + 1, ctx.next_poc_start, ctx.params) if ctx.is_genesis else ctx
         head.add_row(f"height [bold]{snapshot.height}[/]", f"latest epoch [bold]{snapshot.latest_epoch.index}[/]",
-                     f"effective epoch [bold]{session.devnet.chain.effective_epoch().index}[/]",
+                     f"effective epoch [bold]{session.devnet.ledger.effective_epoch().index}[/]",
                      f"phase [bold]{snapshot.phase}[/]")
     parts: list[Any] = [head]
     if ctx is not None and snapshot is not None:

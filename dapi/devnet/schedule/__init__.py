@@ -1,6 +1,6 @@
 """The chain side of the multi-model / GPU-uptime schedule, as pure functions over plain records.
 
-The devnet chain calls these at its stage heights; the records mirror the chain's protobuf messages
+The devnet ledger calls these at its stage heights; the records mirror the chain's protobuf messages
 so its wire layer converts them field for field. Modules, bottom up:
 `records` (data), `models` (governance registry, hardware diffs), `weights` (per-node PoC weight,
 legacy spread, validation majority), `preservation` (weights carried over by serving nodes),

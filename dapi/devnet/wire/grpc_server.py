@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from dapi.chain.messages import pack_any
-from dapi.devnet.chain import DevnetChain, TxRecord
+from dapi.devnet.ledger import Ledger, TxRecord
 from dapi.devnet.wire.queries import QueryError, QueryRouter
 from dapi.gen.cosmos.base.abci.v1beta1 import abci_pb2
 from dapi.gen.cosmos.tx.v1beta1 import service_pb2, tx_pb2
@@ -74,8 +74,8 @@ def _requested_height(context: grpc.aio.ServicerContext) -> int:
 
 
 class _Handlers(grpc.GenericRpcHandler):
-    def __init__(self, chain: DevnetChain, router: QueryRouter) -> None:
-        self._chain = chain
+    def __init__(self, ledger: Ledger, router: QueryRouter) -> None:
+        self._ledger = ledger
         self._router = router
         self._methods: dict[str, Handler] = {path: self._query(path) for path in router.paths}
         self._methods[BROADCAST_TX] = self._broadcast
@@ -90,7 +90,7 @@ class _Handlers(grpc.GenericRpcHandler):
             try:
                 height = _requested_height(context)
                 answer = self._router.handle(path, request, height)
-                answered = height if height > 0 else self._chain.height
+                answered = height if height > 0 else self._ledger.height
             except QueryError as exc:
                 await context.abort(exc.status, exc.message)
             await context.send_initial_metadata(((HEIGHT_METADATA, str(answered)),))
@@ -108,7 +108,7 @@ class _Handlers(grpc.GenericRpcHandler):
         if req.mode not in (service_pb2.BROADCAST_MODE_SYNC, service_pb2.BROADCAST_MODE_ASYNC):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"unsupported broadcast mode {req.mode}; supported modes: SYNC, ASYNC")
-        result = self._chain.check_tx(req.tx_bytes)
+        result = self._ledger.check_tx(req.tx_bytes)
         response = abci_pb2.TxResponse(txhash=result.hash, code=result.code, codespace=result.codespace,
                                        raw_log=result.log)
         return service_pb2.BroadcastTxResponse(tx_response=response).SerializeToString()
@@ -125,7 +125,7 @@ class _Handlers(grpc.GenericRpcHandler):
             valid = False
         if not valid:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid tx hash {req.hash!r}")
-        record = self._chain.tx(text)
+        record = self._ledger.tx(text)
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"tx not found: {text.upper()}")
         return service_pb2.GetTxResponse(tx=decoded_tx(record), tx_response=tx_response(record)).SerializeToString()
@@ -134,8 +134,8 @@ class _Handlers(grpc.GenericRpcHandler):
 class DevnetGrpcServer:
     """A grpc.aio server on `host:port` (0: the OS picks); `target` is "host:port" for clients."""
 
-    def __init__(self, chain: DevnetChain, router: QueryRouter, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._chain = chain
+    def __init__(self, ledger: Ledger, router: QueryRouter, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._ledger = ledger
         self._router = router
         self.host = host
         self._requested_port = port
@@ -149,7 +149,7 @@ class DevnetGrpcServer:
     async def start(self) -> None:
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                                           ("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers([_Handlers(self._chain, self._router)])
+        server.add_generic_rpc_handlers([_Handlers(self._ledger, self._router)])
         address = f"{self.host}:{self._requested_port}"
         try:
             port = server.add_insecure_port(address)

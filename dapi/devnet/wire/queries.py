@@ -1,4 +1,4 @@
-"""The chain's query services, answered from the devnet chain's state as protobuf bytes.
+"""The chain's query services, answered from the devnet ledger's state as protobuf bytes.
 
 One router serves both transports: the gRPC server calls it with the method path and the request
 bytes, the CometBFT RPC server with the `abci_query` path and data, so a client gets the same bytes
@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dapi.chain.messages import pack_any
-from dapi.devnet.chain import CODESPACE_SDK, DevnetChain, valid_address
+from dapi.devnet.ledger import CODESPACE_SDK, Ledger, valid_address
 from dapi.devnet.schedule.records import EpochGroupData, HardwareNodes
 from dapi.devnet.wire.convert import (
     base_account_any,
@@ -76,8 +76,8 @@ def _grpc_name(status: grpc.StatusCode) -> str:
 class QueryRouter:
     """`handle(path, data, height)` → serialized response, or QueryError."""
 
-    def __init__(self, chain: DevnetChain) -> None:
-        self.chain = chain
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
         self._routes: dict[str, tuple[type[Message], Callable[[Message, int | None], Message]]] = {
             INFERENCE + "Params": (q.QueryParamsRequest, self._params),
             INFERENCE + "EpochInfo": (q.QueryEpochInfoRequest, self._epoch_info),
@@ -103,13 +103,13 @@ class QueryRouter:
             raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid height {height}")
         if height == 0:
             return None
-        if height > self.chain.height:
+        if height > self.ledger.height:
             raise QueryError(grpc.StatusCode.INVALID_ARGUMENT,
                              "cannot query with height in the future; please provide a valid height")
         return height
 
     def answered_height(self, height: int | None) -> int:
-        return self.chain.height if height is None else height
+        return self.ledger.height if height is None else height
 
     def handle(self, path: str, data: bytes, height: int = 0) -> bytes:
         route = self._routes.get(path)
@@ -127,30 +127,30 @@ class QueryRouter:
     # --- inference.inference.Query ---
 
     def _params(self, request: Message, height: int | None) -> Message:
-        return q.QueryParamsResponse(params=params_to_proto(self.chain.genesis))
+        return q.QueryParamsResponse(params=params_to_proto(self.ledger.genesis))
 
     def _epoch_info(self, request: Message, height: int | None) -> Message:
         return q.QueryEpochInfoResponse(
             block_height=self.answered_height(height),
-            params=params_to_proto(self.chain.genesis),
-            latest_epoch=epoch_to_proto(self.chain.latest_epoch(height)),
+            params=params_to_proto(self.ledger.genesis),
+            latest_epoch=epoch_to_proto(self.ledger.latest_epoch(height)),
         )
 
     def _group_proto(self, group: EpochGroupData) -> epoch_group_data_pb2.EpochGroupData:
         # The chain copies its validation params into a parent group when it becomes effective.
         switched = not group.model_id and (group.effective_block_height > 0 or group.epoch_index == 0)
-        return epoch_group_to_proto(group, validation_params_to_proto(self.chain.genesis) if switched else None)
+        return epoch_group_to_proto(group, validation_params_to_proto(self.ledger.genesis) if switched else None)
 
     def _current_group(self, request: Message, height: int | None) -> Message:
-        effective = self.chain.effective_epoch(height)
-        group = self.chain.epoch_group(effective.index, "", height)
+        effective = self.ledger.effective_epoch(height)
+        group = self.ledger.epoch_group(effective.index, "", height)
         if group is None:
             raise QueryError(grpc.StatusCode.NOT_FOUND, f"epoch group data of epoch {effective.index} not found")
         return q.QueryCurrentEpochGroupDataResponse(epoch_group_data=self._group_proto(group))
 
     def _group(self, request: Message, height: int | None) -> Message:
         assert isinstance(request, q.QueryGetEpochGroupDataRequest)
-        group = self.chain.epoch_group(request.epoch_index, request.model_id, height)
+        group = self.ledger.epoch_group(request.epoch_index, request.model_id, height)
         if group is None:
             which = f"model {request.model_id!r}" if request.model_id else "parent group"
             raise QueryError(grpc.StatusCode.NOT_FOUND,
@@ -159,29 +159,29 @@ class QueryRouter:
 
     def _groups_all(self, request: Message, height: int | None) -> Message:
         return q.QueryAllEpochGroupDataResponse(
-            epoch_group_data=[self._group_proto(g) for g in self.chain.all_epoch_groups()]
+            epoch_group_data=[self._group_proto(g) for g in self.ledger.all_epoch_groups()]
         )
 
     def _models_all(self, request: Message, height: int | None) -> Message:
-        return q.QueryModelsAllResponse(model=[model_to_proto(m) for m in self.chain.registry.get_governance_models()])
+        return q.QueryModelsAllResponse(model=[model_to_proto(m) for m in self.ledger.registry.get_governance_models()])
 
     def _hardware_nodes(self, request: Message, height: int | None) -> Message:
         assert isinstance(request, q.QueryHardwareNodesRequest)
-        record = self.chain.hardware_nodes(request.participant) or HardwareNodes(participant=request.participant)
+        record = self.ledger.hardware_nodes(request.participant) or HardwareNodes(participant=request.participant)
         return q.QueryHardwareNodesResponse(nodes=hardware_nodes_to_proto(record))
 
     def _hardware_nodes_all(self, request: Message, height: int | None) -> Message:
-        records = [self.chain.hardware[p] for p in sorted(self.chain.hardware)]
+        records = [self.ledger.hardware[p] for p in sorted(self.ledger.hardware)]
         return q.QueryHardwareNodesAllResponse(nodes=[hardware_nodes_to_proto(r) for r in records])
 
     def _poc_batches(self, request: Message, height: int | None) -> Message:
         assert isinstance(request, q.QueryPocBatchesForStageRequest)
         by_participant: dict[str, list[pocbatch_pb2.PoCBatch]] = {}
-        for batch in self.chain.batches(request.block_height):
+        for batch in self.ledger.batches(request.block_height):
             by_participant.setdefault(batch.participant_address, []).append(poc_batch_to_proto(batch))
         groups = []
         for participant in sorted(by_participant):
-            account = self.chain.account(participant)
+            account = self.ledger.account(participant)
             if account is None:
                 continue  # as the chain: a participant without an account key cannot be validated
             batches = sorted(by_participant[participant], key=lambda b: b.batch_id)
@@ -196,7 +196,7 @@ class QueryRouter:
     # --- cosmos.auth.v1beta1.Query ---
 
     def _lookup(self, address: str) -> tuple[str, bytes, int, int]:
-        account = self.chain.account(address)
+        account = self.ledger.account(address)
         if account is None:
             if not valid_address(address):
                 raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid address {address!r}")

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dapi.devnet.chain import Block, DevnetChain, TxEvent, TxRecord
+from dapi.devnet.ledger import Block, Ledger, TxEvent, TxRecord
 from dapi.devnet.wire.queries import QueryError, QueryRouter, abci_error
 from dapi.logs import get_logger
 from dapi.runtime.serving import start_server
@@ -105,25 +105,25 @@ def tx_result_json(record: TxRecord) -> dict[str, Any]:
     }
 
 
-def block_json(chain: DevnetChain, block: Block) -> dict[str, Any]:
+def block_json(ledger: Ledger, block: Block) -> dict[str, Any]:
     """The `block` result: {block_id, block{header, data, evidence, last_commit}}."""
-    previous = chain.block(block.height - 1)
+    previous = ledger.block(block.height - 1)
     header = {
         "version": {"block": "11", "app": "0"},
-        "chain_id": chain.chain_id,
+        "chain_id": ledger.chain_id,
         "height": str(block.height),
         "time": block.time,
         "last_block_id": _block_id(block.prev_hash),
         "last_commit_hash": _h("commit", block.prev_hash) if block.prev_hash else "",
         "data_hash": _h("data", *(t.hash for t in block.txs)),
-        "validators_hash": _h("validators", chain.chain_id),
-        "next_validators_hash": _h("validators", chain.chain_id),
-        "consensus_hash": _h("consensus", chain.chain_id),
+        "validators_hash": _h("validators", ledger.chain_id),
+        "next_validators_hash": _h("validators", ledger.chain_id),
+        "consensus_hash": _h("consensus", ledger.chain_id),
         # CometBFT's header carries the app hash of the state after the previous block.
         "app_hash": previous.app_hash if previous is not None else "",
         "last_results_hash": _h("results", block.prev_hash) if block.prev_hash else "",
         "evidence_hash": _h("evidence"),
-        "proposer_address": _h("proposer", chain.chain_id)[:40],
+        "proposer_address": _h("proposer", ledger.chain_id)[:40],
     }
     return {
         "block_id": _block_id(block.hash),
@@ -141,9 +141,9 @@ def block_json(chain: DevnetChain, block: Block) -> dict[str, Any]:
     }
 
 
-def new_block_event(chain: DevnetChain, block: Block) -> dict[str, Any]:
+def new_block_event(ledger: Ledger, block: Block) -> dict[str, Any]:
     """The `data.value` of a tendermint/event/NewBlock event (CometBFT 0.38: with result_finalize_block)."""
-    shape = block_json(chain, block)
+    shape = block_json(ledger, block)
     return {
         "block": shape["block"],
         "block_id": shape["block_id"],
@@ -254,8 +254,8 @@ def _param_names() -> dict[str, tuple[str, ...]]:
 class CometRpcServer:
     """HTTP + websocket on one port (0: the OS picks); `url` is the RPC URL clients configure."""
 
-    def __init__(self, chain: DevnetChain, router: QueryRouter, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.chain = chain
+    def __init__(self, ledger: Ledger, router: QueryRouter, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.ledger = ledger
         self.router = router
         self.host = host
         self._requested_port = port
@@ -272,7 +272,7 @@ class CometRpcServer:
             "broadcast_tx_async": self._broadcast,
             "abci_query": self._abci_query,
         }
-        self.node_id = _h("node", chain.chain_id)[:40].lower()
+        self.node_id = _h("node", ledger.chain_id)[:40].lower()
         self.app = Starlette(routes=[
             Route("/", self._post, methods=["POST"]),
             Route("/", self._index, methods=["GET"]),
@@ -322,7 +322,7 @@ class CometRpcServer:
         """Queue this block's NewBlock event and its Tx events for every matching subscription."""
         if not self._connections:
             return
-        value = new_block_event(self.chain, block)
+        value = new_block_event(self.ledger, block)
         block_events = {"tm.event": ["NewBlock"], **_flatten(value["result_finalize_block"]["events"])}
         tx_events = []
         for record in block.txs:
@@ -432,14 +432,14 @@ class CometRpcServer:
             raise _invalid_params(f"{name}: not valid {'hex' if hex_only else 'base64'}") from None
 
     def _status(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
-        chain = self.chain
-        latest, first = chain.latest_block, chain.block(1)
+        ledger = self.ledger
+        latest, first = ledger.latest_block, ledger.block(1)
         return {
             "node_info": {
                 "protocol_version": {"p2p": "8", "block": "11", "app": "0"},
                 "id": self.node_id,
                 "listen_addr": "tcp://127.0.0.1:26656",
-                "network": chain.chain_id,
+                "network": ledger.chain_id,
                 "version": COMETBFT_VERSION,
                 "channels": "40202122233038606100",
                 "moniker": "dapi-devnet",
@@ -448,34 +448,34 @@ class CometRpcServer:
             "sync_info": {
                 "latest_block_hash": latest.hash if latest else "",
                 "latest_app_hash": latest.app_hash if latest else "",
-                "latest_block_height": str(chain.height),
+                "latest_block_height": str(ledger.height),
                 "latest_block_time": latest.time if latest else "",
                 "earliest_block_hash": first.hash if first else "",
                 "earliest_app_hash": first.app_hash if first else "",
                 "earliest_block_height": str(1 if first else 0),
                 "earliest_block_time": first.time if first else "",
-                "catching_up": chain.catching_up,
+                "catching_up": ledger.catching_up,
             },
             "validator_info": {
-                "address": _h("proposer", chain.chain_id)[:40],
+                "address": _h("proposer", ledger.chain_id)[:40],
                 "pub_key": {"type": "tendermint/PubKeyEd25519",
-                            "value": base64.b64encode(bytes.fromhex(_h("validator", chain.chain_id))).decode()},
+                            "value": base64.b64encode(bytes.fromhex(_h("validator", ledger.chain_id))).decode()},
                 "voting_power": "0",
             },
         }
 
     def _abci_info(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
-        latest = self.chain.latest_block
+        latest = self.ledger.latest_block
         return {"response": {
             "data": "inference",
             "version": "devnet",
-            "last_block_height": str(self.chain.height),
+            "last_block_height": str(self.ledger.height),
             "last_block_app_hash": base64.b64encode(bytes.fromhex(latest.app_hash)).decode() if latest else "",
         }}
 
     def _block(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
         height = self._int_param(params, "height", None)
-        current = self.chain.height
+        current = self.ledger.height
         if height is None:
             height = current
         if height <= 0:
@@ -484,16 +484,16 @@ class CometRpcServer:
             raise _internal(f"height must be greater than 0, but got {height}")
         if height > current:
             raise _internal(f"height {height} must be less than or equal to the current blockchain height {current}")
-        block = self.chain.block(height)
+        block = self.ledger.block(height)
         assert block is not None
-        return block_json(self.chain, block)
+        return block_json(self.ledger, block)
 
     def _tx(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
         raw_hash = self._bytes_param(params, "hash", uri=uri)
         if len(raw_hash) != 32:
             raise _invalid_params(f"hash: expected 32 bytes, got {len(raw_hash)}")
         hash_hex = raw_hash.hex().upper()
-        record = self.chain.tx(hash_hex)
+        record = self.ledger.tx(hash_hex)
         if record is None:
             raise _internal(f"tx ({hash_hex}) not found")
         return {"hash": record.hash, "height": str(record.height), "index": record.index,
@@ -503,7 +503,7 @@ class CometRpcServer:
         raw = self._bytes_param(params, "tx", uri=uri)
         if not raw:
             raise _internal("tx is empty")
-        result = self.chain.check_tx(raw)
+        result = self.ledger.check_tx(raw)
         return {"code": result.code, "data": "", "log": result.log, "codespace": result.codespace,
                 "hash": result.hash}
 
@@ -522,7 +522,7 @@ class CometRpcServer:
             response.update(code=error.code, log=error.log, codespace=error.codespace)
             return {"response": response}
         response["value"] = base64.b64encode(value).decode()
-        response["height"] = str(height if height > 0 else self.chain.height)
+        response["height"] = str(height if height > 0 else self.ledger.height)
         return {"response": response}
 
     # --- websocket ---

@@ -1,0 +1,178 @@
+"""The EndBlock stages of reference/chain-logic.md §10, over the inference module's state.
+
+`end_block(state, height)` runs the stages due at `height`, each against the epoch that was effective
+at the start of the block, through the pure schedule logic of `dapi.devnet.schedule`:
+
+- start of PoC (h = next PoC start): create Epoch{effective + 1, h} and its empty parent group, and
+  prune the PoC data that formation no longer needs;
+- end of PoC validation: settle the ending epoch (coverage bonus), then form the upcoming one from the
+  stage's batches and validations, the effective epoch's validators and allocations, seeds, hardware
+  declarations and the governance registry (weights → assignment → 50% rule → groups with snapshots),
+  and write its epoch report;
+- set new validators: the upcoming epoch becomes effective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+
+from dapi.chain.epochs import EndBlockStage, Epoch, end_block_stages
+from dapi.devnet.ledger.records import EpochReport, MemberReport, NodeReport
+from dapi.devnet.ledger.state import InferenceState
+from dapi.devnet.schedule.formation import FormationInput, form_epoch
+from dapi.devnet.schedule.records import ActiveParticipant, EpochGroupData
+from dapi.devnet.schedule.settlement import fixed_epoch_reward, settle_epoch_rewards
+from dapi.logs import get_logger
+
+__all__ = ["end_block"]
+
+log = get_logger(__name__)
+
+
+def end_block(state: InferenceState, height: int) -> tuple[EndBlockStage, ...]:
+    """Run the stages due at `height`; returns the stage actions that ran."""
+    effective = state.effective_epoch()  # as at the start of the block, for every stage (chain-logic §10)
+    stages = end_block_stages(effective, state.params, height)
+    for stage in stages:
+        if stage is EndBlockStage.END_OF_POC_VALIDATION:
+            end_of_poc_validation(state, effective, height)
+        elif stage is EndBlockStage.SET_NEW_VALIDATORS:
+            set_new_validators(state, effective, height)
+        elif stage is EndBlockStage.START_OF_POC:
+            start_of_poc(state, effective, height)
+    return stages
+
+
+def start_of_poc(state: InferenceState, effective: Epoch, height: int) -> None:
+    index = effective.index + 1
+    state.epochs[index] = Epoch(index, height)
+    state.set_latest_epoch(index, height)
+    state.groups.set((index, ""), EpochGroupData(
+        poc_start_block_height=height, epoch_index=index, epoch_group_id=next(state.group_ids)
+    ), height)
+    prune_poc_data(state, index)
+    log.info("devnet: PoC started", epoch=index, height=height)
+
+
+def prune_poc_data(state: InferenceState, upcoming: int) -> None:
+    # As the chain, after the previous formation consumed the data; the threshold is a genesis param.
+    threshold = state.genesis.poc_params.poc_data_pruning_epoch_threshold
+    stale = {e.poc_start_block_height for i, e in state.epochs.items() if i >= 1 and upcoming - i >= threshold}
+    for store in (state.batches, state.validations):
+        for key in [k for k in store if k[0] in stale]:
+            del store[key]
+    for index in [i for i in state.formation_inputs if upcoming - i >= threshold]:
+        del state.formation_inputs[index]
+
+
+def end_of_poc_validation(state: InferenceState, effective: Epoch, height: int) -> None:
+    if effective.index > 0:
+        settle(state, effective.index, height)
+    index = effective.index + 1
+    upcoming = state.epochs.get(index)
+    if upcoming is None:
+        return
+    current = state.groups.get((effective.index, ""))
+    assert current is not None, "the effective epoch always has a parent group"
+    stage = upcoming.poc_start_block_height
+    inp = FormationInput(
+        epoch_index=index,
+        poc_start_block_height=stage,
+        registry=state.registry,
+        participants=dict(state.participants),
+        hardware=dict(state.hardware),
+        batches=state.batches_of(stage),
+        validations=state.validations_of(stage),
+        validator_weights={vw.member_address: vw.weight for vw in current.validation_weights},
+        seeds={s.participant: s for s in state.seeds_of(index)},
+        previous=state.active.get(effective.index, ()),
+        default_unit_of_compute_price=(
+            current.unit_of_compute_price if index > 1 else state.params.default_unit_of_compute_price
+        ),
+        poc_slot_policy=state.genesis.poc_slot_policy,
+    )
+    formed = form_epoch(inp)
+    state.formation_inputs[index] = inp
+    state.active[index] = formed.active_participants
+    existing = state.groups.get((index, ""))
+    group_id = existing.epoch_group_id if existing is not None else next(state.group_ids)
+    parent = replace(formed.parent, epoch_group_id=group_id)
+    state.groups.set((index, ""), parent, height)
+    for sub in formed.sub_groups:
+        state.groups.set((index, sub.model_id), replace(sub, epoch_group_id=next(state.group_ids)), height)
+    state.reports[index] = build_report(state, index, stage, height, parent, formed.active_participants)
+    log.info("devnet: epoch formed", epoch=index, height=height, members=len(formed.active_participants),
+             models=list(parent.sub_group_models))
+
+
+def set_new_validators(state: InferenceState, effective: Epoch, height: int) -> None:
+    index = effective.index + 1
+    new_parent = state.groups.get((index, ""))
+    old_parent = state.groups.get((effective.index, ""))
+    if new_parent is not None and old_parent is not None:
+        state.groups.set((index, ""), replace(
+            new_parent, effective_block_height=height, previous_epoch_requests=old_parent.number_of_requests
+        ), height)
+        state.groups.set((effective.index, ""), replace(old_parent, last_block_height=height - 1), height)
+    state.set_effective_epoch(index, height)
+    report = state.reports.get(index)
+    if report is not None:
+        state.reports[index] = replace(report, effective_at_height=height)
+    log.info("devnet: new epoch effective", epoch=index, height=height)
+
+
+def settle(state: InferenceState, epoch_index: int, height: int) -> None:
+    """Settle an ending epoch's rewards (once) and write them into its report."""
+    groups = state.epoch_groups(epoch_index)
+    if groups is None or epoch_index in state.rewards:
+        return
+    parent, subs = groups
+    rewards = state.genesis.rewards
+    amount = fixed_epoch_reward(rewards.initial_epoch_reward, rewards.decay_rate,
+                                epoch_index - rewards.genesis_epoch)
+    shares = settle_epoch_rewards(parent, subs, amount)
+    state.rewards[epoch_index] = {s.participant: s for s in shares}
+    report = state.reports.get(epoch_index)
+    if report is not None:
+        by_address = state.rewards[epoch_index]
+        members = tuple(
+            replace(m, reward=by_address[m.address].amount, full_coverage=by_address[m.address].full_coverage)
+            if m.address in by_address else m
+            for m in report.members
+        )
+        state.reports[epoch_index] = replace(report, members=members, epoch_reward=amount,
+                                             settled_at_height=height)
+
+
+def build_report(
+    state: InferenceState,
+    index: int,
+    stage: int,
+    height: int,
+    parent: EpochGroupData,
+    active: Iterable[ActiveParticipant],
+) -> EpochReport:
+    """The report of a just-formed epoch: members, their weights and models, each node's allocation."""
+    members = []
+    for p in active:
+        nodes: list[NodeReport] = []
+        for position, group in enumerate(p.ml_nodes):
+            model_id = p.models[position] if position < len(p.models) else ""
+            nodes.extend(
+                NodeReport(node_id=n.node_id, model_id=model_id, poc_weight=n.poc_weight,
+                           poc_slot=n.is_active_during_poc, throughput=n.throughput)
+                for n in group.ml_nodes
+            )
+        members.append(MemberReport(address=p.index, name=state.names.get(p.index, ""), weight=p.weight,
+                                    models=p.models, nodes=tuple(nodes)))
+    return EpochReport(
+        epoch_index=index,
+        poc_start_block_height=stage,
+        formed_at_height=height,
+        effective_at_height=None,
+        total_weight=parent.total_weight,
+        sub_group_models=parent.sub_group_models,
+        unit_of_compute_price=parent.unit_of_compute_price,
+        members=tuple(members),
+    )
