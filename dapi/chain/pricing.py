@@ -14,6 +14,8 @@ from dapi.chain.view import ChainView
 
 
 class DynamicPricing:
+    """The chain's per-model prices and capacities, queried at most once per processed block."""
+
     def __init__(self, query: ChainQuery, view: ChainView) -> None:
         self._query = query
         self._view = view
