@@ -33,6 +33,8 @@ class _Section(BaseModel):
 
 
 class ApiConfig(_Section):
+    """The ``api`` section: ports and bind addresses of the three servers, URLs given out, admin token, body limit."""
+
     public_server_port: int = Field(9000, ge=0, le=65535)
     ml_server_port: int = Field(9100, ge=0, le=65535)
     admin_server_port: int = Field(9200, ge=0, le=65535)
@@ -50,6 +52,8 @@ class ApiConfig(_Section):
 
 
 class ChainNodeConfig(_Section):
+    """The ``chain_node`` section: RPC and optional gRPC address, chain id, account public key, signer key file."""
+
     url: str
     grpc_url: str = ""
     chain_id: str = "gonka-mainnet"
@@ -68,11 +72,15 @@ class ChainNodeConfig(_Section):
 
 
 class ModelArgs(BaseModel):
+    """Extra arguments the ML node passes to vLLM when it serves this model."""
+
     model_config = ConfigDict(extra="ignore")
     args: list[str] = Field(default_factory=list)
 
 
 class Hardware(BaseModel):
+    """One kind of accelerator in the node and how many of it (for example ``H100``, 8)."""
+
     model_config = ConfigDict(extra="ignore")
     type: str
     count: int = Field(ge=0, le=2**32 - 1)
@@ -132,6 +140,8 @@ class NodeConfig(BaseModel):
 
 
 class BrokerConfig(_Section):
+    """The ``broker`` section: poll and hardware-sync intervals, job deadline, retry cap (all in seconds)."""
+
     status_poll_interval: float = Field(60.0, gt=0)
     hardware_sync_interval: float = Field(60.0, gt=0)
     job_timeout: float = Field(900.0, gt=0)
@@ -139,6 +149,8 @@ class BrokerConfig(_Section):
 
 
 class OutboxConfig(_Section):
+    """The ``outbox`` section: tx validity, poll interval and retry cap (seconds), and broadcasts in flight."""
+
     # Validity of each signed tx (its timeout_timestamp); after it passes without inclusion the
     # chain can no longer include that tx, so it is signed afresh and sent again.
     tx_timeout: float = Field(60.0, gt=0)
@@ -148,6 +160,8 @@ class OutboxConfig(_Section):
 
 
 class Config(_Section):
+    """The whole daemon config: the reference's file format plus our sections; unknown keys are kept and ignored."""
+
     api: ApiConfig = Field(default_factory=ApiConfig)
     chain_node: ChainNodeConfig
     nodes: list[NodeConfig] = Field(default_factory=list)

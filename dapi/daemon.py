@@ -90,6 +90,16 @@ def resolve_identity(config: Config) -> Identity:
 
 @dataclass
 class Daemon:
+    """The ``dapi run`` process: :meth:`start` starts the components in dependency order, :meth:`stop` in reverse.
+
+    Args:
+        config: the validated config.
+        identity: the participant account and the signer key, as :func:`resolve_identity` derives them.
+        metrics: the Prometheus metrics this daemon reports, in a registry of its own.
+        view: what the daemon knows of the chain, shared by the dispatcher and the APIs.
+        started_at: the monotonic time the daemon was made, for the uptime in ``/v1/status``.
+    """
+
     config: Config
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)

@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class Metrics:
+    """The daemon's Prometheus metrics (blocks, phase, ML nodes, batches, txs, outbox), served at ``/metrics``."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry

@@ -19,6 +19,12 @@ log = get_logger(__name__)
 
 
 class NodeStore:
+    """The admin API's changes to the configured node list (nodes added, config nodes removed), saved as JSON.
+
+    Args:
+        path: the JSON file (``nodes.json`` in ``data_dir``); a missing file means no changes.
+    """
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.added: dict[str, NodeConfig] = {}

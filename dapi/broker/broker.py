@@ -83,6 +83,8 @@ class NodeHandle:
 
 @dataclass(frozen=True, slots=True)
 class BrokerMetrics:
+    """Counts of the broker at one moment (nodes by status, jobs, passes), for ``/v1/status`` and the gauges."""
+
     nodes_by_status: dict[str, int]
     jobs_run: int
     jobs_failed: int
@@ -93,6 +95,24 @@ class BrokerMetrics:
 
 
 class Broker:
+    """The daemon's ML nodes and the one place their state changes: registration, phase commands, inference slots.
+
+    Args:
+        chain: the chain reads the broker makes (governance models, epoch groups, hardware nodes, block hashes).
+        participant_address: the participant's account address; only its entries in an epoch's validation
+            weights count, and its hardware record is the one kept in sync.
+        participant_pubkey_hex: the participant's public key in hex, sent to ML nodes as ``InitDto.public_key``.
+        poc_callback_url: the base URL of the ML callback server, given to ML nodes to post their PoC batches to.
+        settings: the ``broker`` config section (status-poll and hardware-sync intervals, job deadline, retry cap).
+        data_dir: the folder where NodeNum assignments persist across restarts.
+        tx_sink: where hardware diffs go (the outbox); None runs read-only and sends none.
+        reconcile_interval: seconds between reconcile passes when nothing triggers one.
+        retry_backoff_base: seconds before the first retry of a node whose job failed; the delay doubles per
+            further failure, up to ``settings.retry_backoff_max``.
+        mlnode_timeouts: deadlines of the calls to the ML nodes.
+        clock: the monotonic time source, in seconds (tests pass a fake one).
+    """
+
     def __init__(
         self,
         *,

@@ -21,18 +21,24 @@ class BrokerError(Exception):
 
 
 class NodeNotFound(BrokerError):
+    """No node is registered under that id (admin API: 404)."""
+
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         super().__init__(f"node not found: {node_id}")
 
 
 class DuplicateNode(BrokerError):
+    """The id is already registered; the existing node is left as it was (409)."""
+
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         super().__init__(f"node {node_id!r} is already registered")
 
 
 class InvalidModels(BrokerError):
+    """The node lists models that are not governance models; ``bad_ids`` names them (400)."""
+
     def __init__(self, node_id: str, bad_ids: Iterable[str]) -> None:
         self.node_id = node_id
         self.bad_ids = tuple(sorted(bad_ids))
@@ -40,6 +46,8 @@ class InvalidModels(BrokerError):
 
 
 class InvalidNodeConfig(BrokerError):
+    """The node's host, ports and segments do not make a usable URL (400)."""
+
     def __init__(self, node_id: str, problem: str) -> None:
         self.node_id = node_id
         super().__init__(f"node {node_id!r}: {problem}")
@@ -56,6 +64,8 @@ class GovernanceUnavailable(BrokerError):
 
 
 class NoNodeAvailable(BrokerError):
+    """No node serving that model (at that version) can take another inference request right now."""
+
     def __init__(self, model: str, version: str = "") -> None:
         self.model = model
         self.version = version

@@ -19,6 +19,17 @@ log = get_logger("dapi.broker.hardware_sync")
 
 
 class HardwareSync:
+    """Keeps the chain's hardware record of this participant equal to the registered nodes.
+
+    It keeps no timer: the broker calls :meth:`sync_once` on its hardware-sync interval.
+
+    Args:
+        registry: the registered nodes; their configs and current statuses are the local side of the diff.
+        chain: where the participant's ``HardwareNodes`` are read.
+        participant: the participant's account address, whose record is compared and who sends the diff.
+        tx_sink: where a ``MsgSubmitHardwareDiff`` goes; None (read-only) computes and logs the diff but sends nothing.
+    """
+
     def __init__(self, registry: NodeRegistry, chain: ChainReader, participant: str, tx_sink: TxSink | None) -> None:
         self._registry = registry
         self._chain = chain

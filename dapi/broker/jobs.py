@@ -86,6 +86,8 @@ async def _pow_state_or_none(client: MLNodeClient) -> PowState | None:
 
 
 class StopJob(NodeJob):
+    """Stop whatever the ML node runs; the job for a node whose intended status is STOPPED."""
+
     target = NodeStatus.STOPPED
 
     async def run(self, client: MLNodeClient) -> NodeResult:
@@ -123,6 +125,12 @@ class InferenceUpJob(NodeJob):
 
 
 class StartPocJob(NodeJob):
+    """Bring the node to PoC generation with ``dto``, or confirm that it is already generating.
+
+    ``assume_stopped`` (the node was last seen STOPPED) sends ``init/generate`` straight away: one request
+    instead of two when every node starts PoC at once.
+    """
+
     target = NodeStatus.POC
     poc_target = PocStatus.GENERATING
 
@@ -154,6 +162,8 @@ class StartPocJob(NodeJob):
 
 
 class InitValidateJob(NodeJob):
+    """Switch the node to PoC validation with ``dto`` (in place from PoW, else after a stop), or confirm it."""
+
     target = NodeStatus.POC
     poc_target = PocStatus.VALIDATING
 

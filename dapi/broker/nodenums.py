@@ -26,6 +26,8 @@ class NodeNumStoreError(BrokerError):
 
 
 class NodeNumbers:
+    """The NodeNum of every node id ever registered, persisted in ``data_dir`` so an id keeps its number."""
+
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / FILE_NAME
         self._nums: dict[str, int] = {}

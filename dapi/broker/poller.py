@@ -37,6 +37,17 @@ def status_of_ml_state(state: MLNodeState) -> NodeStatus:
 
 
 class StatusPoller:
+    """Asks the ML nodes what they run and records it as their current status, on a timer and on demand.
+
+    Args:
+        registry: the nodes to poll; a node with a job in flight is skipped.
+        interval: seconds between two polls of one node, and between rounds when nothing triggers one.
+        on_change: called after a round that changed some node's status (the broker passes the reconciler's
+            trigger).
+        concurrency: how many nodes are polled at once.
+        clock: the monotonic time source, in seconds.
+    """
+
     def __init__(
         self,
         registry: NodeRegistry,

@@ -38,6 +38,8 @@ log = get_logger("dapi.broker.reconciler")
 
 @dataclass(frozen=True, slots=True)
 class PocStage:
+    """The PoC stage ML nodes are initialised for: its start height and that block's hash (uppercase hex)."""
+
     height: int
     block_hash: str
 
@@ -61,6 +63,21 @@ def desired_choice(entry: NodeEntry, governance: Mapping[str, Model]) -> ModelCh
 
 
 class Reconciler:
+    """Turns each node's intended-vs-current difference into a job for its worker, and job results into status.
+
+    Args:
+        registry: the nodes to reconcile, each with its worker.
+        chain: where the PoC start block's hash is read when it is not the block being processed.
+        epoch_state: returns the broker's epoch state; no pass runs until it is known and synced.
+        governance: returns the governance models by id, for choosing the model InferenceUp loads.
+        participant_pubkey_hex: the participant's public key in hex, sent as ``InitDto.public_key``.
+        poc_callback_url: the base URL of the ML callback server, sent in ``InitDto.url``.
+        interval: seconds between passes when nothing triggers one.
+        backoff_base: seconds before the first retry of a node whose job failed; doubles per further failure.
+        backoff_max: the cap on that retry delay, in seconds.
+        clock: the monotonic time source, in seconds.
+    """
+
     def __init__(
         self,
         *,

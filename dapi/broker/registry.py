@@ -14,6 +14,8 @@ __all__ = ["NodeEntry", "NodeRegistry"]
 
 @dataclass(eq=False, slots=True)
 class NodeEntry:
+    """Everything the broker holds for one registered node, with the bookkeeping of its retries and polls."""
+
     node: Node
     state: NodeState
     client: MLNodeClient
@@ -28,6 +30,8 @@ class NodeEntry:
 
 
 class NodeRegistry:
+    """The registered nodes by id and by NodeNum, iterated in registration order."""
+
     def __init__(self) -> None:
         self._entries: dict[str, NodeEntry] = {}
         # Every PoC batch callback maps a node number to its node: a lookup, not a scan of every node.

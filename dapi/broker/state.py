@@ -49,6 +49,8 @@ class NodeStatus(IntEnum):
 
 
 class PocStatus(StrEnum):
+    """The PoC sub-status of a node: generating nonces, validating batches, or IDLE (not in PoC)."""
+
     IDLE = "IDLE"
     GENERATING = "GENERATING"
     VALIDATING = "VALIDATING"

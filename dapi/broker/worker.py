@@ -29,6 +29,17 @@ ResultCallback = Callable[[str, NodeJob, NodeResult], None]
 
 
 class NodeWorker:
+    """Runs one ML node's jobs one at a time, each under a deadline, and reports every result.
+
+    Args:
+        node_id: the node's id, passed back with each result.
+        client: the node's ML node client, handed to each job's ``run``.
+        on_result: called on the loop with ``(node_id, job, result)`` for every job: done, failed, timed out
+            or cancelled.
+        job_timeout: seconds a job may run before it is cut off and reported as failed.
+        capacity: the most jobs held at once, the running one included; :meth:`submit` refuses beyond it.
+    """
+
     def __init__(
         self,
         node_id: str,

@@ -20,6 +20,8 @@ GET_TX = "/cosmos.tx.v1beta1.Service/GetTx"
 
 
 class Broadcaster(Protocol):
+    """Sends signed txs to the chain node and looks them up by hash; one implementation per transport."""
+
     async def broadcast(self, raw: bytes) -> BroadcastResult: ...
 
     async def get_tx(self, hash_hex: str) -> TxResult: ...
@@ -28,6 +30,8 @@ class Broadcaster(Protocol):
 
 
 class RpcBroadcaster:
+    """Broadcasts with CometBFT RPC ``broadcast_tx_sync`` and finds txs with RPC ``tx`` (no gRPC URL set)."""
+
     def __init__(self, rpc: CometRPC) -> None:
         self.rpc = rpc
 
@@ -42,6 +46,8 @@ class RpcBroadcaster:
 
 
 class GrpcBroadcaster:
+    """Broadcasts and finds txs through ``cosmos.tx.v1beta1.Service`` on the chain node's gRPC port."""
+
     def __init__(self, target: str, *, timeout: float = 10.0) -> None:
         self.timeout = timeout
         self._channel = grpc.aio.insecure_channel(target)

@@ -17,6 +17,15 @@ from dapi.config import ChainNodeConfig
 
 @dataclass
 class ChainClient:
+    """The connections to one chain node, as :func:`connect` makes them from the ``chain_node`` config.
+
+    Args:
+        rpc: the CometBFT RPC client (status, blocks, the websocket URL).
+        query: the typed queries, over gRPC when ``chain_node.grpc_url`` is set, else ABCI over RPC.
+        broadcaster: sends signed txs and looks them up, over the same transport as the queries.
+        http: the HTTP connection pool the RPC-side clients share; :meth:`aclose` closes it last.
+    """
+
     rpc: CometRPC
     query: ChainQuery
     broadcaster: Broadcaster

@@ -98,6 +98,8 @@ class OutboxClosed(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
+    """A message in the outbox as the admin view lists it: state, attempts, tx hash, height and last error."""
+
     id: int
     type_url: str
     state: str
@@ -110,6 +112,8 @@ class OutboxRow:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A message the chain rejected for good (at CheckTx or in a block), with its code and log and its body."""
+
     id: int
     type_url: str
     stage: str
@@ -222,7 +226,17 @@ class OutboxStore:
 
 
 class Outbox:
-    """Durable queue of chain messages with its sender and observer; implements the broker's TxSink."""
+    """Durable queue of chain messages with its sender and observer; implements the broker's TxSink.
+
+    Args:
+        path: the sqlite file, created (with its folder) if missing.
+        broadcaster: sends signed txs and looks them up; None keeps what is submitted and sends nothing.
+        signer_factory: builds the TxSigner (it asks the chain for the account number); awaited before the
+            first send, and again after the chain refuses a signature. None: read-only, as without a broadcaster.
+        settings: the ``outbox`` config section (tx validity, poll interval, retry cap, sends in flight);
+            None takes its defaults.
+        metrics: where depth, landed txs, retries and failures are counted; None counts nothing.
+    """
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ _RETRIABLE_GRPC = {
 
 
 class QueryTransport(Protocol):
+    """How a query reaches the chain: one unary call, protobuf bytes in and out (gRPC or ABCI over RPC)."""
+
     async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
         """One query; ``height`` > 0 asks for the state as of that block (0: the latest)."""
         ...
@@ -56,6 +58,8 @@ def _decode(path: str, data: bytes, response_type: type[M]) -> M:
 
 
 class GrpcTransport:
+    """Queries on the chain node's gRPC port; a past height goes in the ``x-cosmos-block-height`` header."""
+
     def __init__(self, target: str, *, timeout: float = 10.0) -> None:
         self.target = target
         self.timeout = timeout
@@ -89,6 +93,8 @@ def grpc_error(path: str, exc: grpc.aio.AioRpcError) -> ChainError:
 
 
 class AbciTransport:
+    """Queries as CometBFT ``abci_query`` calls, with the same request and response bytes as over gRPC."""
+
     def __init__(self, rpc: CometRPC) -> None:
         self.rpc = rpc
 
@@ -106,7 +112,11 @@ class AbciTransport:
 
 
 class ChainQuery:
-    """The queries the daemon makes (DESIGN.md §4.4). ``calls`` counts every query sent."""
+    """The queries the daemon makes (DESIGN.md §4.4). ``calls`` counts every query sent.
+
+    Args:
+        transport: how the queries reach the chain (gRPC, or ABCI over RPC); :meth:`aclose` closes it.
+    """
 
     def __init__(self, transport: QueryTransport) -> None:
         self.transport = transport

@@ -20,6 +20,8 @@ from dapi.chain.errors import ChainBadResponse, ChainError, ChainNotFound, Chain
 
 @dataclass(frozen=True, slots=True)
 class ChainNodeStatus:
+    """CometBFT ``status`` of the chain node: network (chain id), latest block, whether it is catching up."""
+
     network: str
     latest_block_height: int
     latest_block_hash: str
@@ -28,12 +30,16 @@ class ChainNodeStatus:
 
 @dataclass(frozen=True, slots=True)
 class BlockInfo:
+    """A block's height and hash."""
+
     height: int
     hash: str  # uppercase hex, as CometBFT prints it
 
 
 @dataclass(frozen=True, slots=True)
 class BroadcastResult:
+    """The CheckTx answer to a broadcast: code 0 means the tx entered the mempool; ``hash`` names the tx."""
+
     code: int
     log: str
     hash: str
@@ -42,6 +48,8 @@ class BroadcastResult:
 
 @dataclass(frozen=True, slots=True)
 class TxResult:
+    """A tx found in a block: the block height and the tx's result code and log (code 0: executed)."""
+
     hash: str
     height: int
     code: int
@@ -51,6 +59,8 @@ class TxResult:
 
 @dataclass(frozen=True, slots=True)
 class AbciQueryResult:
+    """An ``abci_query`` answer: result code and log, the response bytes, and the height they were read at."""
+
     code: int
     log: str
     value: bytes
@@ -81,7 +91,14 @@ def _dig(obj: Any, *path: str) -> Any:
 
 
 class CometRPC:
-    """One shared HTTP connection pool; every method raises a ``ChainError`` subclass on failure."""
+    """JSON-RPC client of one CometBFT node; every method raises a ``ChainError`` subclass on failure.
+
+    Args:
+        url: the RPC base URL (``chain_node.url``); the websocket URL is derived from it.
+        http: a connection pool to share with other clients; the caller then owns it and :meth:`aclose`
+            leaves it open. None: the client makes its own pool.
+        timeout: seconds per request, for the pool made here when ``http`` is None.
+    """
 
     def __init__(self, url: str, *, http: httpx.AsyncClient | None = None, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")

@@ -98,6 +98,8 @@ def unique_timeout_ns(signer_address: str, now_ns: int, timeout_ns: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SignedTx:
+    """A signed tx ready to broadcast: the TxRaw bytes, their hash, and the timeout of an unordered tx."""
+
     raw: bytes  # TxRaw bytes, ready for BroadcastTx / broadcast_tx_sync
     hash: str  # uppercase hex, as the chain reports it
     timeout_timestamp_ns: int | None  # set for unordered txs: after it the chain will never include the tx
@@ -234,6 +236,8 @@ class EffectiveMessage:
 
 @dataclass(frozen=True, slots=True)
 class DecodedTx:
+    """A TxRaw taken apart, as the devnet chain checks it: body, auth info, signer, messages as sent and as run."""
+
     hash: str
     body_bytes: bytes
     auth_info_bytes: bytes

@@ -51,6 +51,8 @@ class ChainSnapshot:
 
 
 class ChainView:
+    """The latest :class:`ChainSnapshot` and when it came; written by the dispatcher each block, read by the APIs."""
+
     def __init__(self) -> None:
         self.snapshot: ChainSnapshot | None = None
         self.updated_at: float | None = None  # monotonic time of the last processed block

@@ -80,6 +80,8 @@ class PortLayout:
 
 @dataclass(frozen=True, slots=True)
 class DaemonConfigFiles:
+    """What :func:`write_daemon_config` wrote: the config file, the signer key file, the daemon's ports."""
+
     config: Path
     signer_key: Path
     ports: DaemonPorts

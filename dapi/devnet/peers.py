@@ -53,6 +53,8 @@ _NONCE_SPREAD = 16
 
 @dataclass(frozen=True, slots=True)
 class Misbehaviour:
+    """How one simulated peer breaks the rules: mining with its POC_SLOT nodes, skipping its seed, forging distances."""
+
     mine_with_poc_slot_nodes: bool = False
     skip_seed: bool = False
     forge_batches: bool = False
@@ -80,7 +82,12 @@ class _Peer:
 
 
 class PeerSimulator:
-    """All simulated peers of one devnet chain; the runner calls `on_block` after every block."""
+    """All simulated peers of one devnet chain; the runner calls `on_block` after every block.
+
+    Args:
+        chain: the devnet chain the peers send their txs to and read their epochs from.
+        genesis: its `peers` are the participants simulated here, with their keys and ML nodes.
+    """
 
     def __init__(self, ledger: Ledger, genesis: DevnetGenesis) -> None:
         self.ledger = ledger

@@ -29,11 +29,19 @@ log = get_logger(__name__)
 class Devnet:
     """A running devnet: `async with Devnet(block_time=0.02) as devnet: ...` (ports chosen by the OS).
 
-    Construction: `Devnet(genesis=None, *, participants=None, nodes_per_participant=None, block_time=None,
-    host="127.0.0.1", rpc_port=0, grpc_port=0, mlnode_port=0, mlnode_batch_interval=None,
-    mlnode_nonces_per_batch=32, produce_blocks=True)`. Without `genesis`, config/devnet.yaml (or the
-    built-in defaults) with the given participant/node counts and block time. `produce_blocks=False`
-    starts paused (use `step()` or `resume_blocks()`).
+    Args:
+        genesis: the network to simulate; None loads config/devnet.yaml (or the built-in defaults) with the
+            counts and block time given here.
+        participants: how many participants, the own one included (only without `genesis`).
+        nodes_per_participant: how many ML nodes each participant has (only without `genesis`).
+        block_time: seconds between blocks; None takes the genesis' block time.
+        host: the address every server binds.
+        rpc_port: the CometBFT RPC and websocket port; 0 lets the OS choose (as for the next two).
+        grpc_port: the gRPC port of queries and broadcasts.
+        mlnode_port: the one port of the own participant's simulated ML nodes.
+        mlnode_batch_interval: seconds between the batches a generating sim ML node posts; None: the block time.
+        mlnode_nonces_per_batch: nonces in each of those batches.
+        produce_blocks: False starts with the block timer paused (use `step()` or `resume_blocks()`).
 
     Attributes: `genesis`, `ledger` (Ledger: state, stored batches/validations/seeds/claims, groups,
     tx results), `peers` (PeerSimulator), `mlnodes` (SimMLNodeServer with the own participant's nodes

@@ -39,6 +39,11 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ReconcileCadence:
+    """How often the periodic phase command repeats during Inference and during PoC generation and validation.
+
+    A command is due once ``*_blocks`` blocks or ``*_seconds`` seconds have passed since the last one.
+    """
+
     inference_blocks: int = 5
     inference_seconds: float = 30.0
     poc_blocks: int = 1
@@ -46,6 +51,20 @@ class ReconcileCadence:
 
 
 class Dispatcher:
+    """Processes one block: the sync gate, the epoch state and data, then the transitions and commands of that height.
+
+    Args:
+        rpc: for the chain node's sync status, and the tip height when a replayed block starts validation.
+        query: for ``EpochInfo``, as of the block's own height when the block is replayed.
+        broker: receives the epoch state, the epoch data sync and the phase commands.
+        view: updated with every processed block, for the APIs and ``/v1/status``.
+        seeds: submits, rotates and claims with the participant's seeds; None skips those transitions.
+        validator: validates the participants' PoC batches when validation starts; None skips it.
+        metrics: where blocks, the last height and the phase are reported; None reports nothing.
+        cadence: how often the periodic phase command repeats.
+        clock: the monotonic time source, in seconds.
+    """
+
     def __init__(
         self,
         *,

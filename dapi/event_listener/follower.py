@@ -23,6 +23,18 @@ ProcessBlock = Callable[[NewBlock, bool], Awaitable[None]]  # (block, replayed f
 
 
 class BlockFollower:
+    """Hands every height to ``process`` exactly once and in order, fetching the heights the websocket skipped.
+
+    Args:
+        rpc: where missed blocks are fetched.
+        process: awaited with each block and whether it was replayed from RPC (the dispatcher's ``process``).
+        backoff_initial: seconds before the first retry of a failed fetch or block; doubles per failure.
+        backoff_max: the cap on that retry delay, in seconds.
+        max_catch_up: the most missed heights replayed after a gap; older ones are skipped, with an error logged.
+        attempts_on_error: how often a block failing with a chain error (other than the chain being unreachable)
+            is tried before it is skipped.
+    """
+
     def __init__(
         self,
         rpc: CometRPC,

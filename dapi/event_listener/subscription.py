@@ -35,6 +35,8 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024  # blocks full of PoC batches are large
 
 @dataclass(frozen=True, slots=True)
 class NewBlock:
+    """A NewBlock event: the block's height and hash (uppercase hex)."""
+
     height: int
     hash: str  # uppercase hex
 
@@ -67,7 +69,16 @@ def parse_new_block(frame: dict[str, Any]) -> NewBlock | None:
 
 
 class ChainSubscription:
-    """Owns one websocket task; each NewBlock goes to ``on_block``, other events to ``on_event``."""
+    """Owns one websocket task; each NewBlock goes to ``on_block``, other events to ``on_event``.
+
+    Args:
+        ws_url: the chain node's websocket URL (``ws://host:port/websocket``).
+        on_block: awaited with each NewBlock event (the block follower's ``on_block``).
+        on_event: awaited with every other event (those of the Tx subscriptions); None drops them.
+        subscribe_txs: subscribe to the reference's Tx queries too, not only to NewBlock.
+        backoff_initial: seconds before the first reconnect attempt; doubles per failed attempt.
+        backoff_max: the most seconds between two reconnect attempts.
+    """
 
     def __init__(
         self,

@@ -91,8 +91,12 @@ def create_http_client(*, max_connections: int = 1000) -> httpx.AsyncClient:
 class MLNodeClient:
     """The API node's view of one ML node: management calls under `poc_url`, health under `inference_url`.
 
-    Pass `http` to share one pool between many nodes; the caller then owns it and `aclose()` leaves it
-    open. Without it the client makes its own and closes it in `aclose()`.
+    Args:
+        poc_url: the base URL of the node's management API (host, PoC port and segment).
+        inference_url: the base URL of the node's inference server (host, inference port and segment).
+        http: a connection pool to share between many nodes' clients; the caller then owns it and
+            `aclose()` leaves it open. None: the client makes its own and closes it in `aclose()`.
+        timeouts: the deadline of each kind of call, in seconds.
     """
 
     def __init__(

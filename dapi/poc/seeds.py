@@ -25,6 +25,8 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Seed:
+    """One epoch's random seed and the participant's signature over it."""
+
     seed: int  # int64, as MsgClaimRewards carries it
     epoch_index: int
     signature: str  # lowercase hex of the 64-byte signature over the seed's 8 big-endian bytes
@@ -35,6 +37,15 @@ def sign_seed(key: SigningKey, seed: int) -> str:
 
 
 class SeedManager:
+    """The participant's upcoming, current and previous seeds: made at PoC start, rotated, then used to claim.
+
+    Args:
+        path: the JSON file the seeds persist in, so a restart neither sends a seed twice nor forgets one.
+        key: the signer key that signs each seed; None (read-only) makes no seeds.
+        account_address: the participant's account, the creator of MsgSubmitSeed and MsgClaimRewards.
+        tx_sink: where those messages go (the outbox); None sends nothing.
+    """
+
     def __init__(self, path: Path, *, key: SigningKey | None, account_address: str, tx_sink: TxSink | None) -> None:
         self.path = path
         self._key = key

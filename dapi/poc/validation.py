@@ -45,12 +45,24 @@ def sample_indices(total: int, n: int, seed: int) -> list[int]:
 
 @dataclass
 class ValidationReport:
+    """What validating one PoC stage did: participants seen, samples sent, participants left unvalidated."""
+
     participants: int = 0
     sent: int = 0
     failed: list[str] = field(default_factory=list)  # participant addresses whose sample no node took
 
 
 class BatchValidator:
+    """Samples the participants' PoC batches of a stage and hands each sample to an own ML node that is validating.
+
+    Args:
+        query: where the stage's batches and the validation sample size are read.
+        rpc: where the PoC start block's hash is read.
+        validating_nodes: returns the clients of the ML nodes currently in PoC validation.
+        own_hex_pubkey: the participant's public key in hex; it seeds the choice of sampled nonces.
+        attempts: how many nodes (round robin) are tried with one sample before that participant counts as failed.
+    """
+
     def __init__(
         self,
         query: ChainQuery,

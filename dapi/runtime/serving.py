@@ -22,6 +22,13 @@ class EmbeddedServer:
     stop are uvicorn's `startup()` and a shutdown of our own instead of `serve()`: `serve()` installs
     signal handlers (the embedding process owns SIGINT/SIGTERM) and its shutdown polls in 0.1 s steps,
     which adds up in tests that start and stop many servers.
+
+    Args:
+        app: the ASGI app to serve.
+        host: the address to bind and to name in :attr:`url` (a wildcard address is named as loopback).
+        port: the port to bind; 0 lets the OS choose.
+        sock: a socket bound earlier (so its port was known before the app existed), served instead of
+            binding ``port``.
     """
 
     def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,

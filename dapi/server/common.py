@@ -27,6 +27,8 @@ __all__ = ["ApiError", "BodyLimit", "error_responses", "go_json", "install_error
 
 
 class ApiError(Exception):
+    """An error a route answers with: the HTTP status, and the message sent as ``{"error": ...}``."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status

@@ -21,7 +21,18 @@ log = get_logger(__name__)
 
 
 class DevnetSession:
-    """Devnet + daemon; ports are the DESIGN.md §4.1 defaults, laid out from ``base_port``, or OS-chosen."""
+    """A devnet and the real daemon of its own participant, started by ``async with`` and stopped together.
+
+    Args:
+        participants: how many participants the devnet has, the own one included.
+        nodes_per_participant: how many simulated ML nodes each participant has.
+        block_time: seconds between devnet blocks.
+        ports: the daemon's public, ML callback and admin ports; None lets the OS choose all three.
+        devnet_ports: the chain RPC, chain gRPC and simulated ML node ports; 0 lets the OS choose.
+        work_dir: where the daemon config, signer key and data go; None uses a temporary folder, removed on exit.
+        fast_polling: shorten the daemon's poll and sync intervals to a few blocks, to suit the devnet's
+            seconds-long epochs.
+    """
 
     def __init__(
         self,

@@ -29,6 +29,8 @@ __all__ = [
 
 
 class PocSlotPolicy(StrEnum):
+    """How formation picks the nodes that keep serving inference (POC_SLOT=true) during the next PoC."""
+
     WEIGHT = "weight"  # the seed plan (DESIGN.md §6): weight-based, with carry across models
     HALF_NODES = "half-nodes"  # the reference chain: floor(n/2) of n nodes per model keep serving
 

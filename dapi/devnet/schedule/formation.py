@@ -75,6 +75,8 @@ class FormationInput:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FormedEpoch:
+    """A formed epoch: its members, its parent group and one sub-group per model, in the parent's model order."""
+
     active_participants: tuple[ActiveParticipant, ...]
     parent: EpochGroupData
     sub_groups: tuple[EpochGroupData, ...]  # in parent.sub_group_models order

@@ -66,6 +66,8 @@ class Model:
 
 
 class HardwareNodeStatus(IntEnum):
+    """A hardware node's status as its participant declares it (`HardwareNodeStatus`)."""
+
     UNKNOWN = 0
     INFERENCE = 1
     POC = 2
@@ -76,6 +78,8 @@ class HardwareNodeStatus(IntEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Hardware:
+    """One kind of accelerator in a hardware node and how many of it (`Hardware`)."""
+
     type: str
     count: int
 
@@ -109,6 +113,8 @@ class TimeslotType(IntEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MLNodeInfo:
+    """One ML node in an epoch group (`MLNodeInfo`): PoC weight, throughput and timeslot allocation."""
+
     node_id: str
     throughput: int = 0
     poc_weight: int = 0
@@ -125,11 +131,15 @@ class MLNodeInfo:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelMLNodes:
+    """A participant's ML nodes for one model (`ModelMLNodes`): the list at the model's index."""
+
     ml_nodes: tuple[MLNodeInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RandomSeed:
+    """The seed signature a participant submitted for an epoch (`RandomSeed`); without one it is not formed."""
+
     participant: str
     epoch_index: int
     signature: str
@@ -175,6 +185,8 @@ class ParticipantRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PoCBatch:
+    """Nonces and distances one ML node submitted for a PoC stage (`PoCBatch`); an empty `node_id` is a legacy batch."""
+
     participant_address: str
     poc_stage_start_block_height: int
     received_at_block_height: int = 0
@@ -204,12 +216,16 @@ class PoCValidation:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SeedSignature:
+    """A member's seed signature as its epoch group records it (`SeedSignature`)."""
+
     member_address: str
     signature: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ValidationWeight:
+    """A member of an epoch group (`ValidationWeight`); in a model sub-group, with its ML nodes there."""
+
     member_address: str
     weight: int = 0
     reputation: int = 0

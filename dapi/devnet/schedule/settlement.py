@@ -30,6 +30,8 @@ COVERAGE_BONUS_DENOMINATOR = 10
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelCoverage:
+    """Which of the epoch's model sub-groups a participant has an ML node in; full coverage earns the bonus."""
+
     participant: str
     covered_models: tuple[str, ...]  # sub-groups in which the participant has at least one ML node
     epoch_models: tuple[str, ...]  # every model sub-group of the epoch
@@ -55,6 +57,8 @@ def participant_model_coverage(sub_groups: Iterable[EpochGroupData], participant
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RewardShare:
+    """One member's part of a settled epoch reward: its weight, whether it covered every model, the amount."""
+
     participant: str
     weight: int
     full_coverage: bool

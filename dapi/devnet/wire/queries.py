@@ -45,6 +45,8 @@ AUTH = "/cosmos.auth.v1beta1.Query/"
 
 
 class QueryError(Exception):
+    """A failed devnet query, with the gRPC status a real chain node would answer."""
+
     def __init__(self, status: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -53,6 +55,8 @@ class QueryError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class AbciError:
+    """A failed query as ABCI reports it: code, codespace and log, as a Cosmos SDK node sets them."""
+
     code: int
     codespace: str
     log: str

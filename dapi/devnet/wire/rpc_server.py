@@ -53,6 +53,8 @@ class _Server(Protocol):
 
 
 class RpcError(Exception):
+    """A JSON-RPC error answer: the code, message and data of CometBFT's error object."""
+
     def __init__(self, code: int, message: str, data: str = "") -> None:
         super().__init__(data or message)
         self.code = code

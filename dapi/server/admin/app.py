@@ -66,6 +66,8 @@ class OutboxInspector(Protocol):
 
 
 class NodeJson(BaseModel):
+    """A registered ML node: its config, and the node number the API node gave it."""
+
     id: str
     host: str
     inference_port: int
@@ -80,21 +82,29 @@ class NodeJson(BaseModel):
 
 
 class NodeItemJson(BaseModel):
+    """An ML node and its state: intended and current status, failure reason, epoch models and ML nodes."""
+
     node: NodeJson
     state: dict[str, Any]
 
 
 class AdminMessage(BaseModel):
+    """Confirmation of an enable or disable, naming the node."""
+
     message: str
     node_id: str
 
 
 class OutboxJson(BaseModel):
+    """Outbox messages counted by state, and the messages not yet on chain."""
+
     counts: dict[str, int]
     pending: list[dict[str, Any]]
 
 
 class DeadLettersJson(BaseModel):
+    """Messages the chain rejected for good, each with the code and log it gave."""
+
     dead_letters: list[dict[str, Any]]
 
 

@@ -55,6 +55,8 @@ class _Open(BaseModel):
 
 
 class DecimalJson(_Open):
+    """A chain decimal: value times ten to the power of exponent."""
+
     value: int | None = None
     exponent: int | None = None
 
@@ -78,10 +80,14 @@ class ModelJson(_Open):
 
 
 class ModelsResponse(BaseModel):
+    """Models as the chain encodes them (zero fields omitted); an empty list, never null."""
+
     models: list[ModelJson]
 
 
 class ModelPriceJson(BaseModel):
+    """One model's ``price_per_token``: units of compute per token times the unit price, or the chain's own price."""
+
     id: str
     units_of_compute_per_token: int
     price_per_token: int
@@ -90,17 +96,23 @@ class ModelPriceJson(BaseModel):
 
 
 class PricingResponse(BaseModel):
+    """The unit of compute price and each model's price; ``dynamic_pricing_enabled``: the chain's prices apply."""
+
     unit_of_compute_price: int
     models: list[ModelPriceJson]
     dynamic_pricing_enabled: bool
 
 
 class WindowJson(BaseModel):
+    """An inclusive range of block heights."""
+
     start: int
     end: int
 
 
 class EpochStagesJson(BaseModel):
+    """The block heights of every stage of one epoch."""
+
     epoch_index: int
     poc_start: int
     poc_generation_wind_down: int
@@ -117,11 +129,15 @@ class EpochStagesJson(BaseModel):
 
 
 class LatestEpochJson(BaseModel):
+    """The most recently started epoch: its index and the height its PoC started at."""
+
     index: int
     poc_start_block_height: int
 
 
 class EpochResponse(BaseModel):
+    """The last processed height, the latest epoch and its phase, the stages of this and the next epoch, the params."""
+
     block_height: int
     latest_epoch: LatestEpochJson
     phase: str
@@ -131,10 +147,14 @@ class EpochResponse(BaseModel):
 
 
 class PocBatchesResponse(BaseModel):
+    """The PoC batches stored on chain for one PoC stage, grouped by participant."""
+
     poc_batch: list[dict[str, Any]]
 
 
 class StatusResponse(_Open):
+    """``status`` is always ``ok``; the rest says how far the chain is followed and how each component is."""
+
     status: str
 
 
