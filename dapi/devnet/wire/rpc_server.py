@@ -1,5 +1,9 @@
 """The devnet chain's CometBFT RPC port: HTTP JSON-RPC 2.0 and the /websocket event subscription.
 
+It is one piece because it is one server's method table: each JSON-RPC method is a short handler over
+the ledger, and the HTTP and websocket paths share the same dispatch (JSON shapes live in
+``comet_json``, event queries in ``event_query``).
+
 Shapes are CometBFT 0.38's: heights and gas as decimal strings, hashes as uppercase hex, byte fields
 base64 (hex in `abci_query` data), errors as JSON-RPC errors whose `data` says what went wrong
 ("tx (HASH) not found"). Methods: status, block, tx, broadcast_tx_sync (and _async), abci_query,
@@ -18,10 +22,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,7 +34,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dapi.devnet.ledger import Block, Ledger, TxEvent, TxRecord
+from dapi.devnet.ledger import Block, Ledger
+from dapi.devnet.wire.comet_json import (
+    block_json,
+    comet_hash,
+    events_json,
+    flatten_events,
+    new_block_event,
+    tx_result_json,
+)
+from dapi.devnet.wire.event_query import EventQuery
 from dapi.devnet.wire.queries import QueryError, QueryRouter, abci_error
 from dapi.logs import get_logger
 from dapi.runtime.serving import start_server
@@ -42,7 +54,6 @@ log = get_logger(__name__)
 
 COMETBFT_VERSION = "0.38.17"
 _PARSE_ERROR, _INVALID_REQUEST, _METHOD_NOT_FOUND, _INVALID_PARAMS, _INTERNAL = -32700, -32600, -32601, -32602, -32603
-_MAX_QUERY_CONDITIONS = 10
 
 
 class _Server(Protocol):
@@ -71,138 +82,6 @@ def _internal(data: str) -> RpcError:
 
 def _invalid_params(data: str) -> RpcError:
     return RpcError(_INVALID_PARAMS, "Invalid params", data)
-
-
-# --- JSON shapes -----------------------------------------------------------------------------------
-
-
-def _h(*parts: object) -> str:
-    return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest().upper()
-
-
-def _block_id(block_hash: str) -> dict[str, Any]:
-    if not block_hash:
-        return {"hash": "", "parts": {"total": 0, "hash": ""}}
-    return {"hash": block_hash, "parts": {"total": 1, "hash": _h("parts", block_hash)}}
-
-
-def _events_json(events: tuple[TxEvent, ...]) -> list[dict[str, Any]]:
-    return [
-        {"type": e.type, "attributes": [{"key": k, "value": v, "index": True} for k, v in e.attributes]}
-        for e in events
-    ]
-
-
-def tx_result_json(record: TxRecord) -> dict[str, Any]:
-    """ExecTxResult as CometBFT 0.38 prints it."""
-    return {
-        "code": record.code,
-        "data": base64.b64encode(record.data).decode() if record.data else None,
-        "log": record.log,
-        "info": "",
-        "gas_wanted": str(record.gas_wanted),
-        "gas_used": str(record.gas_used),
-        "events": _events_json(record.events),
-        "codespace": record.codespace,
-    }
-
-
-def block_json(ledger: Ledger, block: Block) -> dict[str, Any]:
-    """The `block` result: {block_id, block{header, data, evidence, last_commit}}."""
-    previous = ledger.block(block.height - 1)
-    header = {
-        "version": {"block": "11", "app": "0"},
-        "chain_id": ledger.chain_id,
-        "height": str(block.height),
-        "time": block.time,
-        "last_block_id": _block_id(block.prev_hash),
-        "last_commit_hash": _h("commit", block.prev_hash) if block.prev_hash else "",
-        "data_hash": _h("data", *(t.hash for t in block.txs)),
-        "validators_hash": _h("validators", ledger.chain_id),
-        "next_validators_hash": _h("validators", ledger.chain_id),
-        "consensus_hash": _h("consensus", ledger.chain_id),
-        # CometBFT's header carries the app hash of the state after the previous block.
-        "app_hash": previous.app_hash if previous is not None else "",
-        "last_results_hash": _h("results", block.prev_hash) if block.prev_hash else "",
-        "evidence_hash": _h("evidence"),
-        "proposer_address": _h("proposer", ledger.chain_id)[:40],
-    }
-    return {
-        "block_id": _block_id(block.hash),
-        "block": {
-            "header": header,
-            "data": {"txs": [base64.b64encode(t.raw).decode() for t in block.txs]},
-            "evidence": {"evidence": []},
-            "last_commit": {
-                "height": str(max(block.height - 1, 0)),
-                "round": 0,
-                "block_id": _block_id(block.prev_hash),
-                "signatures": [],
-            },
-        },
-    }
-
-
-def new_block_event(ledger: Ledger, block: Block) -> dict[str, Any]:
-    """The `data.value` of a tendermint/event/NewBlock event (CometBFT 0.38: with result_finalize_block)."""
-    shape = block_json(ledger, block)
-    return {
-        "block": shape["block"],
-        "block_id": shape["block_id"],
-        "result_finalize_block": {
-            "events": [
-                {"type": "inference_epoch_stage", "attributes": [{"key": "stage", "value": s.value, "index": True}]}
-                for s in block.stages
-            ],
-            "tx_results": [tx_result_json(t) for t in block.txs],
-            "validator_updates": [],
-            "consensus_param_updates": None,
-            "app_hash": base64.b64encode(bytes.fromhex(block.app_hash)).decode(),
-        },
-    }
-
-
-def _flatten(events: list[dict[str, Any]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for event in events:
-        for attribute in event.get("attributes", []):
-            out.setdefault(f"{event['type']}.{attribute['key']}", []).append(str(attribute["value"]))
-    return out
-
-
-# --- event queries ---------------------------------------------------------------------------------
-
-_CONDITION = re.compile(r"^\s*([A-Za-z0-9_.\-/]+)\s*(?:(=)\s*(?:'([^']*)'|\"([^\"]*)\"|([^\s']+))|(EXISTS))\s*$")
-
-
-@dataclass(frozen=True, slots=True)
-class EventQuery:
-    """A CometBFT subscription query restricted to equality and EXISTS conditions joined by AND."""
-
-    text: str
-    conditions: tuple[tuple[str, str | None], ...]  # (key, value); None = EXISTS
-
-    @classmethod
-    def parse(cls, text: str) -> EventQuery:
-        parts = re.split(r"\s+AND\s+", text.strip())
-        if not text.strip() or len(parts) > _MAX_QUERY_CONDITIONS:
-            raise ValueError(f"failed to parse query {text!r}")
-        conditions = []
-        for part in parts:
-            match = _CONDITION.match(part)
-            if match is None:
-                raise ValueError(f"failed to parse query {text!r}: unsupported condition {part.strip()!r}")
-            key, _eq, quoted, dquoted, bare, exists = match.groups()
-            value = None if exists else next(v for v in (quoted, dquoted, bare) if v is not None)
-            conditions.append((key, value))
-        return cls(text, tuple(conditions))
-
-    def matches(self, events: Mapping[str, list[str]]) -> bool:
-        for key, value in self.conditions:
-            values = events.get(key)
-            if values is None or (value is not None and value not in values):
-                return False
-        return True
 
 
 # --- websocket connections -------------------------------------------------------------------------
@@ -274,7 +153,7 @@ class CometRpcServer:
             "broadcast_tx_async": self._broadcast,
             "abci_query": self._abci_query,
         }
-        self.node_id = _h("node", ledger.chain_id)[:40].lower()
+        self.node_id = comet_hash("node", ledger.chain_id)[:40].lower()
         self.app = Starlette(routes=[
             Route("/", self._post, methods=["POST"]),
             Route("/", self._index, methods=["GET"]),
@@ -325,11 +204,11 @@ class CometRpcServer:
         if not self._connections:
             return
         value = new_block_event(self.ledger, block)
-        block_events = {"tm.event": ["NewBlock"], **_flatten(value["result_finalize_block"]["events"])}
+        block_events = {"tm.event": ["NewBlock"], **flatten_events(value["result_finalize_block"]["events"])}
         tx_events = []
         for record in block.txs:
             flat = {"tm.event": ["Tx"], "tx.hash": [record.hash], "tx.height": [str(record.height)],
-                    **_flatten(_events_json(record.events))}
+                    **flatten_events(events_json(record.events))}
             tx_value = {"TxResult": {"height": str(record.height), "index": record.index,
                                      "tx": base64.b64encode(record.raw).decode(), "result": tx_result_json(record)}}
             tx_events.append((flat, tx_value))
@@ -436,6 +315,7 @@ class CometRpcServer:
     def _status(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
         ledger = self.ledger
         latest, first = ledger.latest_block, ledger.block(1)
+        validator_key = base64.b64encode(bytes.fromhex(comet_hash("validator", ledger.chain_id))).decode()
         return {
             "node_info": {
                 "protocol_version": {"p2p": "8", "block": "11", "app": "0"},
@@ -459,9 +339,8 @@ class CometRpcServer:
                 "catching_up": ledger.catching_up,
             },
             "validator_info": {
-                "address": _h("proposer", ledger.chain_id)[:40],
-                "pub_key": {"type": "tendermint/PubKeyEd25519",
-                            "value": base64.b64encode(bytes.fromhex(_h("validator", ledger.chain_id))).decode()},
+                "address": comet_hash("proposer", ledger.chain_id)[:40],
+                "pub_key": {"type": "tendermint/PubKeyEd25519", "value": validator_key},
                 "voting_power": "0",
             },
         }
