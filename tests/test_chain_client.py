@@ -347,7 +347,7 @@ async def test_both_transports_decode_the_same_data_identically(servers: Servers
             info = await client.epoch_info()
             assert info.latest_epoch.index == 2 and info.block_height == 95
             assert info.params.epoch_params.epoch_length == 40
-        results = []
+        results: list[list[Any]] = []
         for client in (via_grpc, via_abci):
             results.append(
                 [

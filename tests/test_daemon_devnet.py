@@ -47,9 +47,10 @@ async def test_missed_boundaries_are_replayed_in_order_after_an_outage(session: 
     daemon.subscription.start()
     await daemon_at(s, ctx.set_new_validators + 3)
     # A plain drop as well: the subscription reconnects by itself.
-    connects = daemon.subscription.connects
+    subscription = daemon.subscription
+    connects = subscription.connects
     await s.devnet.drop_websockets()
-    await s.devnet.wait_until(lambda: daemon.subscription.connects > connects, timeout=30, what="reconnect")
+    await s.devnet.wait_until(lambda: subscription.connects > connects, timeout=30, what="reconnect")
     await daemon_at(s, ctx.set_new_validators + 10)
 
     heights = [h for h, _, _ in daemon.dispatcher.recent]
