@@ -1,5 +1,5 @@
 """Whole epochs through the broker: the reference's integration scenarios (reference/broker.md §7.5) and the
-POC_SLOT schedule, with a fake chain, a block driver playing the dispatcher, and simulated ML nodes.
+POC_SLOT schedule, with a fake chain, a chain driver feeding the real block dispatcher, and simulated ML nodes.
 
 Heights (tests/broker_fakes.PARAMS): epoch 1's PoC starts at 40, generation ends at 46 (InitValidate),
 validation ends at 51 (the epoch is formed, InferenceUpAll), set-new-validators at 53; epoch 2 at 80.
@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 from broker_fakes import (
+    DEFAULT_CADENCE,
     INIT_GENERATE,
     INIT_VALIDATE,
     MODEL_A,
     MODEL_B,
     PUBKEY_HEX,
-    BlockDriver,
+    ChainDriver,
     FakeChain,
     block_hash,
     gov_model,
@@ -53,8 +54,8 @@ class Env:
     sim: SimMLNodeServer
     formations: dict[int, Allocation]
 
-    def driver(self) -> BlockDriver:
-        return BlockDriver(self.broker, self.chain, self._formation)
+    def driver(self) -> ChainDriver:
+        return ChainDriver(self.broker, self.chain, self._formation)
 
     def _formation(self, epoch_index: int) -> Allocation:
         if epoch_index in self.formations:
@@ -166,7 +167,8 @@ async def test_node_disable_scenario(env: Env) -> None:
 
 
 async def test_node_enable_scenario(env: Env) -> None:
-    """TestNodeEnableScenario: re-enabled during Inference it serves at once and joins the next PoC."""
+    """TestNodeEnableScenario: re-enabled during Inference it serves from the next InferenceUpAll (the
+    dispatcher sends one every few blocks in Inference) and joins the next PoC."""
     await env.register("node-1", "node-2")
     driver = env.driver()
     await driver.run_to(5)
@@ -174,7 +176,7 @@ async def test_node_enable_scenario(env: Env) -> None:
     await driver.run_to(EPOCH1_END_OF_VALIDATION + 1)
     assert env.state("node-2")[:2] == (NodeStatus.STOPPED, NodeStatus.STOPPED)
     env.broker.set_admin_state("node-2", True)  # epoch 1, Inference phase
-    await driver.run_to(EPOCH1_END_OF_VALIDATION + 2)
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 1 + DEFAULT_CADENCE.inference_blocks)
     assert env.state("node-2")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
     env.clear_calls()
     await driver.run_to(EPOCH2_POC)
@@ -282,7 +284,7 @@ async def test_a_node_registered_mid_epoch_without_epoch_models_serves_its_confi
     await env.register("late", models={MODEL_B: ["--enforce-eager"]})
     view = env.broker.node("late")
     assert view is not None and view.state.epoch_models == {}
-    await driver.run_to(EPOCH1_END_OF_VALIDATION + 4)
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 3 + DEFAULT_CADENCE.inference_blocks)  # the next InferenceUpAll
     assert env.state("late")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
     late = env.sim.node("late")
     assert (late.model, late.args) == (MODEL_B, ["--max-model-len", "4096", "--enforce-eager"])
