@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker_fakes import (
@@ -31,6 +32,7 @@ from broker_fakes import (
     status_of,
     wait_for,
 )
+from log_capture import LogLines
 
 from dapi.broker import Broker, NodeStatus, NoNodeAvailable, PocStatus
 from dapi.chain.epochs import Phase
@@ -290,3 +292,42 @@ async def test_a_node_registered_mid_epoch_without_epoch_models_serves_its_confi
     assert (late.model, late.args) == (MODEL_B, ["--max-model-len", "4096", "--enforce-eager"])
     assert env.broker.lock_node(MODEL_B).id == "late"
     await settle(env.broker)
+
+
+async def test_each_phase_command_logs_one_decision_per_node_with_its_reason(env: Env, log_lines: LogLines) -> None:
+    """Plan 6.2.3: the POC_SLOT decisions are logged; once per node and command, though PoC commands repeat
+    every block."""
+    await env.register("slot", "miner", "off", "broken")
+    env.formations[1] = {MODEL_A: [ml_node("slot", True, True), ml_node("miner", True, False),
+                                   ml_node("off", True, True), ml_node("broken", True, False)]}
+    driver = env.driver()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 5)
+    env.broker.set_admin_state("off", False)  # in epoch 1: applies from epoch 2's PoC, POC_SLOT or not
+    env.sim.set_fault("broken", status=500, path_prefix=INIT_GENERATE)  # every init/generate fails
+    await driver.run_to(EPOCH2_END_OF_VALIDATION + 2 * DEFAULT_CADENCE.inference_blocks)
+
+    def decisions(command: str) -> dict[str, dict[str, Any]]:
+        lines = log_lines.find("phase command decision", command=command, epoch=2)
+        by_node = {line["node_id"]: line for line in lines}
+        assert len(by_node) == len(lines) == 4, lines  # one line per node
+        assert all(line["level"] == "info" for line in lines)
+        return by_node
+
+    start = decisions("StartPoc")
+    assert (start["slot"]["decision"], start["slot"]["reason"]) == ("keep serving", f"POC_SLOT of model {MODEL_A}")
+    assert start["slot"]["model"] == MODEL_A
+    assert (start["miner"]["decision"], start["miner"]["reason"]) == ("mine", f"no POC_SLOT in model {MODEL_A}")
+    assert (start["off"]["decision"], start["off"]["reason"]) == ("stop", "admin-disabled (in epoch 1)")
+    assert start["broken"]["decision"] == "mine"
+
+    validate = decisions("InitValidate")
+    assert [validate[n]["decision"] for n in ("slot", "miner", "off", "broken")] == [
+        "keep serving", "validate", "stop", "validate"]
+    # A node that failed its PoC start is still sent to validation, and the line says why it failed.
+    assert "init_generate" in validate["broken"]["failure_reason"]
+    assert "HTTP 500" in validate["broken"]["failure_reason"]
+    assert "failure_reason" not in validate["miner"]
+
+    up = decisions("InferenceUpAll")
+    assert [up[n]["decision"] for n in ("slot", "miner", "off", "broken")] == ["serve", "serve", "stop", "serve"]
+    assert up["off"]["reason"] == "admin-disabled (in epoch 1)"
