@@ -15,6 +15,7 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -192,7 +193,7 @@ class Daemon:
                                    own_hex_pubkey=self.identity.pubkey_hex)
         self.dispatcher = Dispatcher(rpc=chain.rpc, query=chain.query, broker=broker, view=self.view,
                                      seeds=self.seeds, validator=validator, metrics=self.metrics)
-        self.follower = BlockFollower(chain.rpc, self.dispatcher.process)
+        self.follower = BlockFollower(chain.rpc, self.dispatcher.process, metrics=self.metrics)
         self.subscription = ChainSubscription(chain.rpc.websocket_url, self.follower.on_block)
         self.follower.start()
         self.subscription.start()
@@ -315,8 +316,7 @@ class Daemon:
                        "registration": self.registration_error or "done"},
             "outbox": {"healthy": self.outbox is not None, "depth": self.metrics.outbox_depth_value(),
                        "sending": bool(self.outbox and self.outbox.can_send)},
-            "follower": {"processed": self.follower.processed if self.follower else 0,
-                         "replayed": self.follower.replayed if self.follower else 0},
+            "follower": _follower_status(self.follower),
         }
         return {
             "version": __version__,
@@ -326,6 +326,29 @@ class Daemon:
             "chain": chain,
             "components": components,
         }
+
+
+def _follower_status(follower: BlockFollower | None) -> dict[str, Any]:
+    """Progress, the height being retried (if any) and the heights skipped: nothing is dropped unseen."""
+    if follower is None:
+        return {"processed": 0, "replayed": 0, "retrying": None, "skipped_heights": 0, "skipped": []}
+    retrying = follower.retrying
+    return {
+        "processed": follower.processed,
+        "replayed": follower.replayed,
+        "retrying": None if retrying is None else {
+            "height": retrying.height,
+            "attempts": retrying.attempts,
+            "last_error": retrying.last_error,
+            "seconds": round(time.monotonic() - retrying.since, 1),
+        },
+        "skipped_heights": follower.skipped_heights,
+        "skipped": [
+            {"first": r.first, "last": r.last, "heights": r.heights, "reason": r.reason, "error": r.detail,
+             "at": datetime.fromtimestamp(r.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+            for r in follower.skipped
+        ],
+    }
 
 
 class _NodeNames:

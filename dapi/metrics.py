@@ -13,6 +13,14 @@ class Metrics:
         r = self.registry
         self.blocks_processed = Counter("dapi_blocks_processed", "Blocks processed by the dispatcher", registry=r)
         self.last_height = Gauge("dapi_last_processed_height", "Height of the last processed block", registry=r)
+        self.blocks_skipped = Counter(
+            "dapi_blocks_skipped", "Heights whose transitions never ran, by why they were skipped", ["reason"],
+            registry=r,
+        )
+        self.block_retrying_height = Gauge(
+            "dapi_block_retrying_height", "Height the block follower keeps retrying after chain errors (0: none)",
+            registry=r,
+        )
         self.phase = Gauge("dapi_epoch_phase", "1 for the current epoch phase", ["phase"], registry=r)
         self.nodes_by_status = Gauge(
             "dapi_ml_nodes", "ML nodes by current status", ["status"], registry=r

@@ -1,11 +1,12 @@
-"""Shared helpers of the broker tests: an in-memory chain, a collecting tx sink, a block driver, waits.
+"""Shared helpers of the broker tests: an in-memory chain, a collecting tx sink, a chain driver, waits.
 
-The chain side is a fake (the devnet chain is another component); the ML side in these tests is always
-the real SimMLNodeServer on loopback.
+The chain side is a fake (the devnet chain is another component); the block dispatcher is the real one;
+the ML side in these tests is always the real SimMLNodeServer on loopback.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -16,14 +17,22 @@ from typing import Any, TypeVar
 from google.protobuf.message import Message
 from waiting import wait_for
 
-from dapi.broker import Broker, EpochState, NodeStatus
+from dapi.broker import Broker, NodeStatus
 from dapi.chain.epochs import Epoch, EpochContext, EpochParams, Phase
-from dapi.chain.errors import ChainNotFound
-from dapi.config import BrokerConfig, NodeConfig
+from dapi.chain.errors import ChainError, ChainNotFound
+from dapi.chain.rpc import ChainNodeStatus
+from dapi.chain.view import ChainView
+from dapi.config import BrokerConfig, Hardware, ModelArgs, NodeConfig
 from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.event_listener.dispatcher import Dispatcher, ReconcileCadence
+from dapi.event_listener.subscription import NewBlock
 from dapi.gen.inference.inference.epoch_group_data_pb2 import EpochGroupData, MLNodeInfo, ValidationWeight
+from dapi.gen.inference.inference.epoch_pb2 import Epoch as EpochProto
 from dapi.gen.inference.inference.hardware_node_pb2 import HardwareNodes
 from dapi.gen.inference.inference.model_pb2 import Model
+from dapi.gen.inference.inference.params_pb2 import EpochParams as EpochParamsProto
+from dapi.gen.inference.inference.params_pb2 import Params
+from dapi.gen.inference.inference.query_pb2 import QueryEpochInfoResponse
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitHardwareDiff
 
 _M = TypeVar("_M", bound=Message)
@@ -85,6 +94,10 @@ class FakeChain:
         self.hardware: dict[str, HardwareNodes] = {}
         self.calls: Counter[str] = Counter()
         self.failures: dict[str, list[Exception]] = {}
+        # The chain's position, for the block dispatcher's status and EpochInfo (see ChainDriver).
+        self.height = 0
+        self.latest = Epoch(0, 0)
+        self.params = PARAMS
 
     def _enter(self, method: str) -> None:
         self.calls[method] += 1
@@ -124,6 +137,22 @@ class FakeChain:
     async def block_hash(self, height: int) -> str:
         self._enter("block_hash")
         return block_hash(height)
+
+    # --- what the block dispatcher reads (dispatcher.ChainTip, dispatcher.EpochSource) ---
+
+    async def status(self) -> ChainNodeStatus:
+        return ChainNodeStatus(network="fake", latest_block_height=self.height,
+                             latest_block_hash=block_hash(self.height), catching_up=False)
+
+    async def epoch_info(self, height: int = 0) -> QueryEpochInfoResponse:
+        self._enter("epoch_info")
+        if height not in (0, self.height):
+            raise AssertionError("the driver's blocks are never replayed: no EpochInfo at a past height")
+        return QueryEpochInfoResponse(
+            block_height=self.height,
+            params=Params(epoch_params=EpochParamsProto(**dataclasses.asdict(self.params))),
+            latest_epoch=EpochProto(index=self.latest.index, poc_start_block_height=self.latest.poc_start_block_height),
+        )
 
     # --- building chain state ---
 
@@ -214,8 +243,8 @@ def sim_node_config(
         inference_port=sim.port,
         inference_segment=segment,
         max_concurrent=max_concurrent,
-        models={m: {"args": list(a)} for m, a in (models if models is not None else {MODEL_A: []}).items()},
-        hardware=[{"type": t, "count": c} for t, c in hardware],
+        models={m: ModelArgs(args=list(a)) for m, a in (models if models is not None else {MODEL_A: []}).items()},
+        hardware=[Hardware(type=t, count=c) for t, c in hardware],
         version=version,
     )
 
@@ -277,14 +306,18 @@ async def settle(broker: Broker, *, timeout: float = 10.0) -> None:
     )
 
 
-class BlockDriver:
-    """Plays the chain and the block dispatcher (reference/chain-io.md §2.5-§2.8) for the broker.
+DEFAULT_CADENCE = ReconcileCadence()  # the daemon's: InferenceUpAll every 5 blocks, PoC commands every block
+
+
+class ChainDriver:
+    """Plays the chain block by block and hands each block to the real block dispatcher.
 
     Per height: the chain's EndBlock stages (formation of the upcoming epoch at the end of its
-    validation, switch of the effective epoch at set-new-validators, a new epoch at PoC start), then what
-    the dispatcher does: set the epoch state, update epoch data (a failure skips the transitions), the
-    stage transitions, and the periodic phase command. `formation(epoch_index)` gives the own nodes'
-    allocation of a forming epoch (model id → ML nodes).
+    validation, switch of the effective epoch at set-new-validators, a new epoch at PoC start), then
+    `dapi.event_listener.dispatcher.Dispatcher.process`, as the block follower calls it. A chain error
+    while processing (the epoch data could not be read) is counted in `epoch_data_errors`; the follower
+    would retry that block, the driver goes on to the next. `formation(epoch_index)` gives the own
+    nodes' allocation of a forming epoch (model id → ML nodes).
     """
 
     def __init__(
@@ -295,53 +328,49 @@ class BlockDriver:
         *,
         params: EpochParams = PARAMS,
         settle_each_block: bool = True,
+        cadence: ReconcileCadence = DEFAULT_CADENCE,
     ) -> None:
         self.broker = broker
         self.chain = chain
         self.formation = formation
-        self.params = params
         self.settle_each_block = settle_each_block
-        self.latest = Epoch(0, 0)
-        self.height = 0
         self.epoch_data_errors = 0
+        chain.params = params
         chain.empty_epoch(0)
+        self.dispatcher = Dispatcher(rpc=chain, query=chain, broker=broker, view=ChainView(), seeds=None,
+                                     validator=None, cadence=cadence)
+
+    @property
+    def height(self) -> int:
+        return self.chain.height
+
+    @height.setter
+    def height(self, height: int) -> None:
+        """Jump: the chain is at `height` without the daemon having seen the blocks before it."""
+        self.chain.height = height
 
     @property
     def context(self) -> EpochContext:
-        return EpochContext.for_epoch(self.latest, self.params)
+        return EpochContext.for_epoch(self.chain.latest, self.chain.params)
 
     def phase(self) -> Phase:
         return self.context.phase_at(self.height)
 
     async def block(self) -> None:
-        self.height += 1
-        h = self.height
+        h = self.chain.height + 1
         ctx = self.context
         if ctx.is_end_of_poc_validation(h):
             self.chain.form_epoch(ctx.epoch_index, self.formation(ctx.epoch_index))
         if ctx.is_set_new_validators(h):
             self.chain.current_epoch = ctx.epoch_index
         if ctx.is_next_poc_start(h):
-            self.latest = Epoch(ctx.epoch_index + 1, h)
-            self.chain.empty_epoch(self.latest.index)
-        ctx = self.context
-        state = EpochState.at_height(self.latest, self.params, h, block_hash=block_hash(h))
-        self.broker.set_epoch_state(state)
+            self.chain.latest = Epoch(ctx.epoch_index + 1, h)
+            self.chain.empty_epoch(self.chain.latest.index)
+        self.chain.height = h
         try:
-            await self.broker.update_epoch_data()
-        except Exception:
+            await self.dispatcher.process(NewBlock(h, block_hash(h)), False)
+        except ChainError:
             self.epoch_data_errors += 1
-        else:
-            if ctx.is_end_of_poc_generation(h):
-                self.broker.init_validate()
-            if ctx.is_end_of_poc_validation(h):
-                self.broker.inference_up_all()
-        if state.phase is Phase.POC_GENERATE:
-            self.broker.start_poc()
-        elif state.phase is Phase.POC_VALIDATE:
-            self.broker.init_validate()
-        elif state.phase is Phase.INFERENCE:
-            self.broker.inference_up_all()
         if self.settle_each_block:
             await settle(self.broker)
 

@@ -7,12 +7,13 @@ the fixture: ``sim_options`` (simulated ML node server settings and the nodes to
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from broker_fakes import MODEL_A, FakeChain, ListTxSink, gov_model, make_broker
+from log_capture import LogLines, capture_logs
 
 from dapi.broker import Broker
 from dapi.devnet.mlnode import SimMLNodeServer
@@ -58,3 +59,10 @@ async def broker(chain: FakeChain, tmp_path: Path, broker_tx_sink: ListTxSink | 
     b = make_broker(chain, tmp_path, tx_sink=broker_tx_sink)
     yield b
     await b.stop()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    """Every log line of the test, parsed (see log_capture)."""
+    with capture_logs() as lines:
+        yield lines

@@ -1,5 +1,5 @@
 """Whole epochs through the broker: the reference's integration scenarios (reference/broker.md §7.5) and the
-POC_SLOT schedule, with a fake chain, a block driver playing the dispatcher, and simulated ML nodes.
+POC_SLOT schedule, with a fake chain, a chain driver feeding the real block dispatcher, and simulated ML nodes.
 
 Heights (tests/broker_fakes.PARAMS): epoch 1's PoC starts at 40, generation ends at 46 (InitValidate),
 validation ends at 51 (the epoch is formed, InferenceUpAll), set-new-validators at 53; epoch 2 at 80.
@@ -7,32 +7,39 @@ validation ends at 51 (the epoch is formed, InferenceUpAll), set-new-validators 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker_fakes import (
+    DEFAULT_CADENCE,
+    FAST,
     INIT_GENERATE,
     INIT_VALIDATE,
     MODEL_A,
     MODEL_B,
     PUBKEY_HEX,
-    BlockDriver,
+    ChainDriver,
     FakeChain,
     block_hash,
     gov_model,
     make_broker,
     ml_calls,
     ml_node,
+    paths,
     settle,
     sim_node_config,
     status_of,
     wait_for,
 )
+from log_capture import LogLines
 
 from dapi.broker import Broker, NodeStatus, NoNodeAvailable, PocStatus
 from dapi.chain.epochs import Phase
+from dapi.config import BrokerConfig
 from dapi.devnet.mlnode import SimMLNodeServer
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
 
@@ -53,8 +60,8 @@ class Env:
     sim: SimMLNodeServer
     formations: dict[int, Allocation]
 
-    def driver(self) -> BlockDriver:
-        return BlockDriver(self.broker, self.chain, self._formation)
+    def driver(self, *, settle_each_block: bool = True) -> ChainDriver:
+        return ChainDriver(self.broker, self.chain, self._formation, settle_each_block=settle_each_block)
 
     def _formation(self, epoch_index: int) -> Allocation:
         if epoch_index in self.formations:
@@ -83,13 +90,19 @@ class Env:
         return view.state.intended_status, view.state.current_status, view.state.poc_current_status
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
+@contextlib.asynccontextmanager
+async def open_env(data_dir: Path, settings: BrokerConfig = FAST) -> AsyncIterator[Env]:
     chain = FakeChain([gov_model(MODEL_A, ["--quantization", "fp8"]), gov_model(MODEL_B, ["--max-model-len", "4096"])])
     async with SimMLNodeServer(batch_interval=0.05) as sim:
-        broker = make_broker(chain, tmp_path)
+        broker = make_broker(chain, data_dir, settings=settings)
         async with broker:
             yield Env(broker, chain, sim, {})
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async with open_env(tmp_path) as e:
+        yield e
 
 
 async def wait_polled(env: Env, *names: str) -> None:
@@ -166,7 +179,8 @@ async def test_node_disable_scenario(env: Env) -> None:
 
 
 async def test_node_enable_scenario(env: Env) -> None:
-    """TestNodeEnableScenario: re-enabled during Inference it serves at once and joins the next PoC."""
+    """TestNodeEnableScenario: re-enabled during Inference it serves from the next InferenceUpAll (the
+    dispatcher sends one every few blocks in Inference) and joins the next PoC."""
     await env.register("node-1", "node-2")
     driver = env.driver()
     await driver.run_to(5)
@@ -174,7 +188,7 @@ async def test_node_enable_scenario(env: Env) -> None:
     await driver.run_to(EPOCH1_END_OF_VALIDATION + 1)
     assert env.state("node-2")[:2] == (NodeStatus.STOPPED, NodeStatus.STOPPED)
     env.broker.set_admin_state("node-2", True)  # epoch 1, Inference phase
-    await driver.run_to(EPOCH1_END_OF_VALIDATION + 2)
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 1 + DEFAULT_CADENCE.inference_blocks)
     assert env.state("node-2")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
     env.clear_calls()
     await driver.run_to(EPOCH2_POC)
@@ -282,9 +296,105 @@ async def test_a_node_registered_mid_epoch_without_epoch_models_serves_its_confi
     await env.register("late", models={MODEL_B: ["--enforce-eager"]})
     view = env.broker.node("late")
     assert view is not None and view.state.epoch_models == {}
-    await driver.run_to(EPOCH1_END_OF_VALIDATION + 4)
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 3 + DEFAULT_CADENCE.inference_blocks)  # the next InferenceUpAll
     assert env.state("late")[:2] == (NodeStatus.INFERENCE, NodeStatus.INFERENCE)
     late = env.sim.node("late")
     assert (late.model, late.args) == (MODEL_B, ["--max-model-len", "4096", "--enforce-eager"])
     assert env.broker.lock_node(MODEL_B).id == "late"
     await settle(env.broker)
+
+
+async def test_each_phase_command_logs_one_decision_per_node_with_its_reason(env: Env, log_lines: LogLines) -> None:
+    """Plan 6.2.3: the POC_SLOT decisions are logged; once per node and command, though PoC commands repeat
+    every block."""
+    await env.register("slot", "miner", "off", "broken")
+    env.formations[1] = {MODEL_A: [ml_node("slot", True, True), ml_node("miner", True, False),
+                                   ml_node("off", True, True), ml_node("broken", True, False)]}
+    driver = env.driver()
+    await driver.run_to(EPOCH1_END_OF_VALIDATION + 5)
+    env.broker.set_admin_state("off", False)  # in epoch 1: applies from epoch 2's PoC, POC_SLOT or not
+    env.sim.set_fault("broken", status=500, path_prefix=INIT_GENERATE)  # every init/generate fails
+    await driver.run_to(EPOCH2_END_OF_VALIDATION + 2 * DEFAULT_CADENCE.inference_blocks)
+
+    def decisions(command: str) -> dict[str, dict[str, Any]]:
+        lines = log_lines.find("phase command decision", command=command, epoch=2)
+        by_node = {line["node_id"]: line for line in lines}
+        assert len(by_node) == len(lines) == 4, lines  # one line per node
+        assert all(line["level"] == "info" for line in lines)
+        return by_node
+
+    start = decisions("StartPoc")
+    assert (start["slot"]["decision"], start["slot"]["reason"]) == ("keep serving", f"POC_SLOT of model {MODEL_A}")
+    assert start["slot"]["model"] == MODEL_A
+    assert (start["miner"]["decision"], start["miner"]["reason"]) == ("mine", f"no POC_SLOT in model {MODEL_A}")
+    assert (start["off"]["decision"], start["off"]["reason"]) == ("stop", "admin-disabled (in epoch 1)")
+    assert start["broken"]["decision"] == "mine"
+
+    validate = decisions("InitValidate")
+    assert [validate[n]["decision"] for n in ("slot", "miner", "off", "broken")] == [
+        "keep serving", "validate", "stop", "validate"]
+    # A node that failed its PoC start is still sent to validation, and the line says why it failed.
+    assert "init_generate" in validate["broken"]["failure_reason"]
+    assert "HTTP 500" in validate["broken"]["failure_reason"]
+    assert "failure_reason" not in validate["miner"]
+
+    up = decisions("InferenceUpAll")
+    assert [up[n]["decision"] for n in ("slot", "miner", "off", "broken")] == ["serve", "serve", "stop", "serve"]
+    assert up["off"]["reason"] == "admin-disabled (in epoch 1)"
+
+
+# --- a hung ML node --------------------------------------------------------------------------------
+
+
+def failure_reason(env: Env, name: str) -> str:
+    view = env.broker.node(name)
+    assert view is not None
+    return view.state.failure_reason
+
+
+async def start_poc_with_a_hung_init(env: Env, name: str) -> ChainDriver:
+    """`name` holds every init/generate and init/validate request without answering; PoC starts."""
+    await env.register(name)
+    await wait_polled(env, name)
+    env.sim.set_fault(name, timeout=True, path_prefix="/api/v1/pow/init")
+    driver = env.driver(settle_each_block=False)  # the job never finishes: nothing to settle
+    driver.height = EPOCH1_POC - 1
+    await driver.run_to(EPOCH1_POC)
+    await wait_for(lambda: paths(env.sim, name, INIT_GENERATE) >= 1, what="init/generate sent and held")
+    return driver
+
+
+async def test_a_hung_init_fails_at_the_job_deadline_naming_the_call_then_backs_off(
+    tmp_path: Path, log_lines: LogLines
+) -> None:
+    async with open_env(tmp_path, FAST.model_copy(update={"job_timeout": 0.3})) as env:
+        await start_poc_with_a_hung_init(env, "hung")
+        await wait_for(lambda: "deadline" in failure_reason(env, "hung"), what="the job deadline")
+        reason = failure_reason(env, "hung")
+        assert reason.startswith("StartPocJob timed out after 0.3 s (the job deadline): init_generate ")
+        assert "/nodes/hung/api/v1/pow/init/generate had not answered after " in reason
+        deadline = log_lines.find("node job hit its deadline; the node is marked FAILED", node_id="hung")[0]
+        assert (deadline["level"], deadline["call"], deadline["deadline"]) == ("warning", "init_generate", 0.3)
+        assert deadline["url"].endswith("/nodes/hung/api/v1/pow/init/generate")
+        failed = log_lines.find("node job failed", node_id="hung")[0]
+        assert failed["level"] == "warning" and failed["error"] == reason and "retry_in" in failed
+        # The reconciler's backoff applies: the node is tried again, and fails the same way.
+        await wait_for(lambda: paths(env.sim, "hung", INIT_GENERATE) >= 2, what="a retry after the backoff")
+        assert env.broker.metrics().jobs_failed >= 1
+
+
+async def test_a_hung_init_superseded_by_the_next_phase_keeps_its_diagnosis(
+    tmp_path: Path, log_lines: LogLines
+) -> None:
+    """With the default deadline (minutes) the phase moves on first: the job is cancelled, and what it was
+    stuck in must not vanish into a bare UNKNOWN."""
+    async with open_env(tmp_path, FAST.model_copy(update={"job_timeout": 600.0})) as env:
+        driver = await start_poc_with_a_hung_init(env, "hung")
+        await driver.run_to(EPOCH1_END_OF_GENERATION)  # InitValidate: the StartPoc job is outdated
+        await wait_for(lambda: "superseded" in failure_reason(env, "hung"), what="the superseded job's diagnosis")
+        reason = failure_reason(env, "hung")
+        assert reason.startswith("StartPocJob superseded by a new target: init_generate ")
+        assert "/nodes/hung/api/v1/pow/init/generate had not answered after " in reason
+        (line,) = log_lines.find("node job superseded while its ML call was unanswered", node_id="hung")
+        assert (line["level"], line["job"], line["call"]) == ("warning", "StartPocJob", "init_generate")
+        assert (line["new_target"], line["new_poc_target"]) == ("POC", "VALIDATING")

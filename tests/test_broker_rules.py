@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dapi.broker.rules import (
     ModelChoice,
+    Target,
     choose_inference_model,
     hardware_diff,
     hardware_nodes_equal,
@@ -20,9 +23,10 @@ from dapi.broker.rules import (
 )
 from dapi.broker.state import AdminState, NodeState, NodeStatus, PocStatus, ReconcileInfo
 from dapi.chain.epochs import Phase
+from dapi.config import Hardware as HardwareConfig
 from dapi.config import ModelArgs, NodeConfig
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
-from dapi.gen.inference.inference.hardware_node_pb2 import Hardware, HardwareNode
+from dapi.gen.inference.inference.hardware_node_pb2 import Hardware, HardwareNode, HardwareNodeStatus
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.runtime.backoff import capped_delay
 
@@ -131,7 +135,7 @@ def test_inference_up_all_targets() -> None:
 
 def test_poc_intent_is_reset_whenever_the_target_is_not_poc() -> None:
     # Fix 8: the reference left e.g. VALIDATING as the PoC intent of an INFERENCE/STOPPED node.
-    stale = dict(intended=NodeStatus.POC, poc_intended=PocStatus.VALIDATING)
+    stale: dict[str, Any] = {"intended": NodeStatus.POC, "poc_intended": PocStatus.VALIDATING}
     assert inference_up_target(_state(**stale), 1, Phase.INFERENCE).poc_status is PocStatus.IDLE
     assert inference_up_target(_state(enabled=False, **stale), 1, Phase.INFERENCE).poc_status is PocStatus.IDLE
     assert poc_phase_target(_state(poc_slot=True, **stale), 1, Phase.POC_GENERATE, PocStatus.GENERATING).poc_status is (
@@ -267,7 +271,8 @@ def _serving(**overrides: object) -> NodeState:
     return st
 
 
-CONFIG = NodeConfig(id="n1", host="h", poc_port=1, inference_port=2, max_concurrent=2, models={"m": {}}, version="v1")
+CONFIG = NodeConfig(id="n1", host="h", poc_port=1, inference_port=2, max_concurrent=2, models={"m": ModelArgs()},
+                    version="v1")
 
 
 @pytest.mark.parametrize(
@@ -318,7 +323,7 @@ def test_routing_uses_the_served_model_not_the_config_list() -> None:
 def _hw(local_id: str, **overrides: object) -> HardwareNode:
     node = HardwareNode(
         local_id=local_id,
-        status=int(NodeStatus.INFERENCE),
+        status=HardwareNodeStatus.ValueType(int(NodeStatus.INFERENCE)),
         models=["a", "b"],
         hardware=[Hardware(type="H100", count=8), Hardware(type="A100", count=2)],
         host="10.0.0.1",
@@ -339,8 +344,9 @@ def test_local_node_as_chain_hardware_node() -> None:
         host="10.0.0.1",
         poc_port=8080,
         inference_port=5000,
-        models={"b": {}, "a": {"args": ["--x"]}},
-        hardware=[{"type": "H100", "count": 8}, {"type": "A100", "count": 2}],
+        max_concurrent=500,
+        models={"b": ModelArgs(), "a": ModelArgs(args=["--x"])},
+        hardware=[HardwareConfig(type="H100", count=8), HardwareConfig(type="A100", count=2)],
     )
     node = to_chain_hardware_node(config, NodeStatus.POC)
     assert node.local_id == "n1" and node.status == int(NodeStatus.POC)
@@ -373,3 +379,23 @@ def test_diff_lists_new_changed_and_removed_nodes() -> None:
 def test_no_diff_when_in_sync() -> None:
     assert hardware_diff("me", [_hw("a")], [_hw("a")]) is None
     assert hardware_diff("me", [], []) is None
+
+
+def test_targets_say_why_for_the_decision_log() -> None:
+    gen = PocStatus.GENERATING
+    assert poc_phase_target(_state(poc_slot=True), 1, Phase.POC_GENERATE, gen).reason == "POC_SLOT of model m"
+    assert poc_phase_target(_state(enabled=False, poc_slot=True), 1, Phase.POC_GENERATE, gen).reason == (
+        "admin-disabled (in epoch 0)"
+    )
+    assert poc_phase_target(_state(admin_epoch=1), 1, Phase.POC_GENERATE, gen).reason == (
+        "enabled in epoch 1: takes part from the next PoC"
+    )
+    assert poc_phase_target(_state(), 1, Phase.POC_GENERATE, gen).reason == (
+        "no POC_SLOT: the chain has not placed the node in an epoch yet"
+    )
+    # Disabled in the latest epoch: still mines this PoC, and the reason says when the disable applies.
+    disabled_now = poc_phase_target(_state(enabled=False, admin_epoch=1), 1, Phase.POC_GENERATE, gen)
+    assert disabled_now.status is NodeStatus.POC and "applies from the next epoch" in disabled_now.reason
+    assert inference_up_target(_state(enabled=False), 1, Phase.INFERENCE).reason == "admin-disabled (in epoch 0)"
+    # The reason is for the log only: it does not make two equal targets different.
+    assert Target(NodeStatus.POC, gen, "no POC_SLOT") == Target(NodeStatus.POC, gen, "something else")

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from dapi.chain.broadcast import GrpcBroadcaster, RpcBroadcaster
 from dapi.chain.client import connect
-from dapi.chain.errors import ChainNotFound, ChainRejected, ChainUnavailable
+from dapi.chain.errors import ChainHeightPruned, ChainNotFound, ChainRejected, ChainUnavailable
 from dapi.chain.query import AbciTransport, ChainQuery, GrpcTransport
 from dapi.chain.rpc import AbciQueryResult, CometRPC, websocket_url
 from dapi.chain.tx import tx_hash
@@ -188,6 +188,13 @@ class FakeChain:
     received: list[bytes] = field(default_factory=list)
     checktx_code: int = 0
     heights: list[int] = field(default_factory=list)  # the block height each query asked for (0 = latest)
+    lowest: int = 0  # blocks and states below this height are pruned
+
+    def pruned_state(self, height: int) -> str | None:
+        """The Cosmos SDK's answer to a query below the pruning horizon (baseapp CreateQueryContext)."""
+        if 0 < height < self.lowest:
+            return f"failed to load state at height {height}; version does not exist (latest height: 95): not found"
+        return None
 
     def query(self, path: str, data: bytes) -> Message | None:
         return self.store.get((path, data))
@@ -214,6 +221,8 @@ def grpc_handler(chain: FakeChain) -> grpc.GenericRpcHandler:
                 return service_pb2.GetTxResponse(tx_response=resp).SerializeToString()
             asked = dict(context.invocation_metadata() or ()).get("x-cosmos-block-height", "0")
             chain.heights.append(int(asked))
+            if (pruned := chain.pruned_state(int(asked))) is not None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, pruned)
             answer = chain.query(path, request)
             if answer is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, "not found")
@@ -250,9 +259,17 @@ def jsonrpc_app(chain: FakeChain) -> Starlette:
             )
         if method == "block":
             height = params.get("height", "95")
+            if int(height) < chain.lowest:
+                # CometBFT 0.38 (rpc/core getHeight), answered with HTTP 500.
+                return JSONResponse({"jsonrpc": "2.0", "id": req_id, "error": {
+                    "code": -32603, "message": "Internal error",
+                    "data": f"height {height} is not available, lowest height is {chain.lowest}"}}, status_code=500)
             return result(req_id, {"block_id": {"hash": BLOCK_HASH}, "block": {"header": {"height": height}}})
         if method == "abci_query":
             chain.heights.append(int(params.get("height", "0")))
+            if (pruned := chain.pruned_state(int(params.get("height", "0")))) is not None:
+                return result(req_id, {"response": {"code": 38, "log": pruned, "value": None, "height": "0",
+                                                    "codespace": "sdk"}})
             answer = chain.query(params["path"], bytes.fromhex(params["data"]))
             if answer is None:
                 return result(
@@ -330,7 +347,7 @@ async def test_both_transports_decode_the_same_data_identically(servers: Servers
             info = await client.epoch_info()
             assert info.latest_epoch.index == 2 and info.block_height == 95
             assert info.params.epoch_params.epoch_length == 40
-        results = []
+        results: list[list[Any]] = []
         for client in (via_grpc, via_abci):
             results.append(
                 [
@@ -460,3 +477,25 @@ async def test_a_query_at_a_past_height_says_so_on_both_transports(servers: Serv
         finally:
             await client.aclose()
         assert servers.chain.heights == [77, 0]
+
+
+async def test_a_pruned_height_is_its_own_error_on_rpc_and_both_transports(servers: Servers) -> None:
+    """Not a not-found, not a transient failure: retrying will never bring a pruned height back."""
+    servers.chain.lowest = 60
+    rpc = CometRPC(servers.rpc_url)
+    try:
+        with pytest.raises(ChainHeightPruned) as pruned_block:
+            await rpc.block(50)
+        assert (pruned_block.value.height, pruned_block.value.lowest) == (50, 60)
+        assert (await rpc.block(60)).height == 60
+    finally:
+        await rpc.aclose()
+    for client in await both(servers):
+        try:
+            with pytest.raises(ChainHeightPruned) as pruned_state:
+                await client.epoch_info(height=50)
+            assert (pruned_state.value.height, pruned_state.value.lowest) == (50, None)
+            assert "EpochInfo" in str(pruned_state.value)
+            await client.epoch_info(height=70)
+        finally:
+            await client.aclose()

@@ -6,6 +6,7 @@ PoC at 40, end of generation 46, validation 47-50, end of validation 51, set new
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 
 import httpx
@@ -46,9 +47,10 @@ async def test_missed_boundaries_are_replayed_in_order_after_an_outage(session: 
     daemon.subscription.start()
     await daemon_at(s, ctx.set_new_validators + 3)
     # A plain drop as well: the subscription reconnects by itself.
-    connects = daemon.subscription.connects
+    subscription = daemon.subscription
+    connects = subscription.connects
     await s.devnet.drop_websockets()
-    await s.devnet.wait_until(lambda: daemon.subscription.connects > connects, timeout=30, what="reconnect")
+    await s.devnet.wait_until(lambda: subscription.connects > connects, timeout=30, what="reconnect")
     await daemon_at(s, ctx.set_new_validators + 10)
 
     heights = [h for h, _, _ in daemon.dispatcher.recent]
@@ -169,3 +171,40 @@ async def test_phase_of_status_and_epoch_endpoint_follow_the_chain(session: Devn
     assert epoch["phase"] in {p.value for p in Phase}
     assert status["chain"]["synced"] is True and status["chain"]["last_height"] >= ctx.start_of_poc + 1
     assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
+
+
+async def test_status_shows_the_height_retried_while_the_chain_cannot_be_queried() -> None:
+    """The chain's gRPC goes away while its websocket keeps announcing blocks: the daemon retries the same
+    height until queries work again, /v1/status says which height and why, and no height is skipped."""
+    grpc_port = free_port()
+    async with DevnetSession(participants=3, nodes_per_participant=2, block_time=BLOCK,
+                             devnet_ports=(0, grpc_port, 0)) as s:
+        follower = s.daemon.follower
+        assert follower is not None
+        await daemon_at(s, 5)
+        await s.devnet.grpc.stop()
+        async with httpx.AsyncClient(base_url=s.public_url, timeout=10) as client:
+            await s.devnet.wait_until(lambda: follower.retrying is not None and follower.retrying.attempts >= 3,
+                                      timeout=30, what="the follower retrying a height")
+            status = (await client.get("/v1/status")).json()
+            retrying = status["components"]["follower"]["retrying"]
+            assert retrying["height"] == status["chain"]["last_height"] + 1
+            assert retrying["attempts"] >= 3 and "UNAVAILABLE" in retrying["last_error"]
+            metrics = (await client.get("/metrics")).text
+            assert f"dapi_block_retrying_height {float(retrying['height'])}" in metrics
+            stuck_at = retrying["height"]
+            await s.devnet.grpc.start()
+            await daemon_at(s, stuck_at + 5)
+            status = (await client.get("/v1/status")).json()
+        follower_status = status["components"]["follower"]
+        assert follower_status["retrying"] is None
+        assert (follower_status["skipped_heights"], follower_status["skipped"]) == (0, [])
+        assert s.daemon.dispatcher is not None
+        heights = [h for h, _, _ in s.daemon.dispatcher.recent]
+        assert heights == list(range(heights[0], heights[-1] + 1))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from log_capture import LogLines
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -21,9 +22,14 @@ from starlette.routing import Route
 from waiting import wait_for
 from websockets.asyncio.server import ServerConnection, serve
 
-from dapi.chain.errors import ChainUnavailable
+from dapi.chain.errors import ChainHeightPruned, ChainRejected, ChainUnavailable
 from dapi.chain.rpc import CometRPC
-from dapi.event_listener.follower import BlockFollower
+from dapi.event_listener.follower import (
+    SKIP_CATCH_UP_LIMIT,
+    SKIP_PROCESSING_FAILED,
+    SKIP_PRUNED,
+    BlockFollower,
+)
 from dapi.event_listener.subscription import (
     NEW_BLOCK_QUERY,
     TX_QUERIES,
@@ -32,6 +38,7 @@ from dapi.event_listener.subscription import (
     NewBlock,
     parse_new_block,
 )
+from dapi.metrics import Metrics
 from dapi.runtime.serving import start_server
 
 
@@ -81,6 +88,8 @@ class ScriptedNode:
     subscriptions: list[str] = field(default_factory=list)
     block_calls: list[int] = field(default_factory=list)
     rpc_down: int = 0
+    lowest: int = 0  # the block store's base: lower heights are pruned
+
 
     async def ws_handler(self, ws: ServerConnection) -> None:
         async for raw in ws:
@@ -103,6 +112,11 @@ class ScriptedNode:
             return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32603, "message": "node restarting"}}, status_code=503)
         height = int(body["params"]["height"])
         self.block_calls.append(height)
+        if height < self.lowest:
+            # CometBFT 0.38's answer for a pruned height (rpc/core getHeight), with its HTTP status.
+            return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "error": {
+                "code": -32603, "message": "Internal error",
+                "data": f"height {height} is not available, lowest height is {self.lowest}"}}, status_code=500)
         return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": {
             "block_id": {"hash": block_hash(height)}, "block": {"header": {"height": str(height)}}}})
 
@@ -192,15 +206,16 @@ async def test_block_is_retried_while_the_chain_is_unavailable() -> None:
     assert attempts == [3, 3, 3, 3] and follower.processed == 1
 
 
-async def test_a_bug_in_processing_skips_the_block_but_not_the_next() -> None:
+async def test_a_bug_in_processing_skips_the_block_but_not_the_next_and_says_so(log_lines: LogLines) -> None:
     seen: list[int] = []
+    metrics = Metrics()
 
     async def process(block: NewBlock, replayed: bool) -> None:
         if block.height == 1:
             raise KeyError("bug")
         seen.append(block.height)
 
-    follower = BlockFollower(CometRPC("http://127.0.0.1:9"), process)
+    follower = BlockFollower(CometRPC("http://127.0.0.1:9"), process, metrics=metrics)
     follower.start()
     try:
         await follower.on_block(NewBlock(1, block_hash(1)))
@@ -209,6 +224,130 @@ async def test_a_bug_in_processing_skips_the_block_but_not_the_next() -> None:
     finally:
         await follower.stop()
     assert seen == [2]
+    assert [(r.first, r.last, r.reason) for r in follower.skipped] == [(1, 1, SKIP_PROCESSING_FAILED)]
+    assert skipped_metric(metrics, SKIP_PROCESSING_FAILED) == 1
+    assert log_lines.find(SKIP_LOG, first=1, last=1, reason=SKIP_PROCESSING_FAILED, level="warning")
+
+
+# --- nothing is dropped silently --------------------------------------------------------------------
+
+SKIP_LOG = "heights skipped: their transitions never ran"
+
+
+def skipped_metric(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value("dapi_blocks_skipped_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_a_block_is_retried_through_any_number_of_chain_errors_never_skipped() -> None:
+    """The reference's port gave up after 5 chain errors and moved on: that block's transitions never ran."""
+    attempts: list[int] = []
+    answering = asyncio.Event()
+    metrics = Metrics()
+
+    async def process(block: NewBlock, replayed: bool) -> None:
+        attempts.append(block.height)
+        if block.height == 3 and not answering.is_set():
+            raise ChainRejected("EpochInfo: code 1: inference is not ready", code=1)
+
+    follower = BlockFollower(CometRPC("http://127.0.0.1:9"), process, backoff_initial=0.001, backoff_max=0.005,
+                             metrics=metrics)
+    follower.start()
+    try:
+        await follower.on_block(NewBlock(2, block_hash(2)))
+        await follower.on_block(NewBlock(3, block_hash(3)))
+        await follower.on_block(NewBlock(4, block_hash(4)))
+        await wait_for(lambda: follower.retrying is not None and follower.retrying.attempts >= 12)
+        # Stuck on 3, in plain view; 4 waits behind it.
+        retrying = follower.retrying
+        assert retrying is not None and retrying.height == 3 and "inference is not ready" in retrying.last_error
+        assert follower.last_height == 2 and 4 not in attempts
+        assert metrics.registry.get_sample_value("dapi_block_retrying_height") == 3
+        answering.set()
+        await wait_for(lambda: follower.last_height == 4)
+    finally:
+        await follower.stop()
+    assert attempts[0] == 2 and attempts[-2:] == [3, 4] and set(attempts[1:-1]) == {3}
+    assert follower.retrying is None and metrics.registry.get_sample_value("dapi_block_retrying_height") == 0
+    assert follower.skipped_heights == 0 and not follower.skipped
+
+
+async def test_pruned_missed_heights_are_skipped_on_record_and_replay_resumes_at_the_lowest_kept(
+    node: tuple[ScriptedNode, str, str], log_lines: LogLines
+) -> None:
+    scripted, _, rpc_url = node
+    scripted.lowest = 8  # the chain node keeps blocks from 8 on
+    seen: list[tuple[int, bool]] = []
+    metrics = Metrics()
+
+    async def process(block: NewBlock, replayed: bool) -> None:
+        seen.append((block.height, replayed))
+
+    rpc = CometRPC(rpc_url)
+    follower = BlockFollower(rpc, process, metrics=metrics)
+    follower.start()
+    try:
+        await follower.on_block(NewBlock(4, block_hash(4)))
+        await follower.on_block(NewBlock(11, block_hash(11)))  # 5..10 missed; 5..7 are gone
+        await wait_for(lambda: follower.last_height == 11)
+    finally:
+        await follower.stop()
+        await rpc.aclose()
+    assert seen == [(4, False), (8, True), (9, True), (10, True), (11, False)]
+    assert scripted.block_calls == [5, 8, 9, 10]  # one question about the pruned range, not one per height
+    (skipped,) = follower.skipped
+    assert (skipped.first, skipped.last, skipped.heights, skipped.reason) == (5, 7, 3, SKIP_PRUNED)
+    assert "lowest height is 8" in skipped.detail
+    assert follower.skipped_heights == 3 and skipped_metric(metrics, SKIP_PRUNED) == 3
+    (line,) = log_lines.find(SKIP_LOG)
+    assert (line["level"], line["first"], line["last"], line["reason"]) == ("warning", 5, 7, SKIP_PRUNED)
+
+
+async def test_a_missed_height_whose_state_is_pruned_goes_on_from_the_tip(node: tuple[ScriptedNode, str, str]) -> None:
+    """The block is still there but the node's state of that height is not: act on the current state."""
+    _, _, rpc_url = node
+    seen: list[tuple[int, bool]] = []
+
+    async def process(block: NewBlock, replayed: bool) -> None:
+        if replayed and block.height < 7:
+            raise ChainHeightPruned(f"EpochInfo: failed to load state at height {block.height}", height=block.height)
+        seen.append((block.height, replayed))
+
+    rpc = CometRPC(rpc_url)
+    follower = BlockFollower(rpc, process)
+    follower.start()
+    try:
+        await follower.on_block(NewBlock(2, block_hash(2)))
+        await follower.on_block(NewBlock(9, block_hash(9)))
+        await wait_for(lambda: follower.last_height == 9)
+    finally:
+        await follower.stop()
+        await rpc.aclose()
+    assert seen == [(2, False), (9, False)]
+    assert [(r.first, r.last, r.reason) for r in follower.skipped] == [(3, 8, SKIP_PRUNED)]
+
+
+async def test_the_catch_up_bound_records_what_it_leaves_out(node: tuple[ScriptedNode, str, str]) -> None:
+    _, _, rpc_url = node
+    seen: list[int] = []
+    metrics = Metrics()
+
+    async def process(block: NewBlock, replayed: bool) -> None:
+        seen.append(block.height)
+
+    rpc = CometRPC(rpc_url)
+    follower = BlockFollower(rpc, process, max_catch_up=3, metrics=metrics)
+    follower.start()
+    try:
+        await follower.on_block(NewBlock(1, block_hash(1)))
+        await follower.on_block(NewBlock(10, block_hash(10)))
+        await wait_for(lambda: follower.last_height == 10)
+    finally:
+        await follower.stop()
+        await rpc.aclose()
+    assert seen == [1, 7, 8, 9, 10]
+    assert [(r.first, r.last, r.reason) for r in follower.skipped] == [(2, 6, SKIP_CATCH_UP_LIMIT)]
+    assert skipped_metric(metrics, SKIP_CATCH_UP_LIMIT) == 5
 
 
 async def test_reconnects_while_the_node_is_unreachable() -> None:

@@ -205,10 +205,20 @@ class Reconciler:
             info = st.reconcile_info
             if info is None or (info.status, info.poc_status) == (st.intended_status, st.poc_intended_status):
                 continue
+            running = entry.worker.running_job
+            waiting = entry.worker.running_call(info.job_id)
             entry.worker.cancel(info.job_id)
             st.reconcile_info = None
             # The job may have stopped the node and not yet started anything else: we no longer know.
             st.set_current(NodeStatus.UNKNOWN, PocStatus.IDLE)
+            if waiting is not None and running is not None:
+                # A node that never answers is superseded phase after phase, never reaching the job
+                # deadline: keep what is known about it instead of a bare UNKNOWN.
+                st.failure_reason = f"{type(running).__name__} superseded by a new target: {waiting.describe()}"
+                log.warning("node job superseded while its ML call was unanswered", node_id=entry.node.id,
+                            job=type(running).__name__, call=waiting.call, url=waiting.url,
+                            waited=round(waiting.waited(), 1), new_target=st.intended_status.name,
+                            new_poc_target=st.poc_intended_status.value)
             entry.version += 1
             report.cancelled.append(entry.node.id)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dapi.broker.state import Node, NodeState
+from dapi.broker.state import Node, NodeState, NodeStatus, PocStatus
 from dapi.broker.worker import NodeWorker
 from dapi.mlnodeclient import MLNodeClient
 
@@ -27,6 +27,8 @@ class NodeEntry:
     version: int = 0
     # When the status poller last looked at the node (monotonic clock); None: never.
     polled_at: float | None = None
+    # Per phase command: the last decision logged for this node (latest epoch, status, PoC status, reason).
+    decisions: dict[str, tuple[int, NodeStatus, PocStatus, str]] = field(default_factory=dict)
 
 
 class NodeRegistry:

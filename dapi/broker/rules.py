@@ -7,7 +7,7 @@ state they hold.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dapi.broker.state import AdminState, NodeState, NodeStatus, PocStatus
 from dapi.chain.epochs import Phase
@@ -29,6 +29,7 @@ __all__ = [
     "merge_model_args",
     "needs_reconcile",
     "poc_phase_target",
+    "poc_slot_models",
     "should_be_operational",
     "should_continue_inference",
     "to_chain_hardware_node",
@@ -49,12 +50,18 @@ def should_be_operational(admin: AdminState, latest_epoch: int, phase: Phase) ->
     return admin.epoch >= latest_epoch
 
 
+def poc_slot_models(epoch_ml_nodes: Mapping[str, MLNodeInfo]) -> list[str]:
+    """The model ids (sorted) whose allocation gives this node POC_SLOT."""
+    return sorted(
+        model_id
+        for model_id, info in epoch_ml_nodes.items()
+        if len(info.timeslot_allocation) > POC_SLOT and info.timeslot_allocation[POC_SLOT]
+    )
+
+
 def should_continue_inference(epoch_ml_nodes: Mapping[str, MLNodeInfo]) -> bool:
     """POC_SLOT: the chain keeps this node serving inference during PoC (any of its models says so)."""
-    return any(
-        len(info.timeslot_allocation) > POC_SLOT and info.timeslot_allocation[POC_SLOT]
-        for info in epoch_ml_nodes.values()
-    )
+    return bool(poc_slot_models(epoch_ml_nodes))
 
 
 # --- phase commands ------------------------------------------------------------------------------
@@ -62,10 +69,15 @@ def should_continue_inference(epoch_ml_nodes: Mapping[str, MLNodeInfo]) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """An intended (status, PoC status) pair."""
+    """An intended (status, PoC status) pair, and why the phase command chose it (for the log)."""
 
     status: NodeStatus
     poc_status: PocStatus = PocStatus.IDLE
+    reason: str = field(default="", compare=False)
+
+
+def _models(ids: Sequence[str]) -> str:
+    return ("model " if len(ids) == 1 else "models ") + ", ".join(ids)
 
 
 def poc_phase_target(state: NodeState, latest_epoch: int, phase: Phase, poc_status: PocStatus) -> Target:
@@ -75,23 +87,34 @@ def poc_phase_target(state: NodeState, latest_epoch: int, phase: Phase, poc_stat
     re-enabled during this PoC) keeps serving if the chain gave it POC_SLOT — DESIGN.md §4.6 says a POC_SLOT
     node is never stopped during PoC; a disabled node is still stopped whatever its slot.
     """
-    operational = should_be_operational(state.admin_state, latest_epoch, phase)
-    if not operational and not state.admin_state.enabled:
-        return Target(NodeStatus.STOPPED)
-    if should_continue_inference(state.epoch_ml_nodes):
-        return Target(NodeStatus.INFERENCE)
+    admin = state.admin_state
+    operational = should_be_operational(admin, latest_epoch, phase)
+    if not operational and not admin.enabled:
+        return Target(NodeStatus.STOPPED, reason=f"admin-disabled (in epoch {admin.epoch})")
+    slots = poc_slot_models(state.epoch_ml_nodes)
+    if slots:
+        return Target(NodeStatus.INFERENCE, reason=f"POC_SLOT of {_models(slots)}")
     if not operational:
-        return Target(NodeStatus.STOPPED)
-    return Target(NodeStatus.POC, poc_status)
+        return Target(NodeStatus.STOPPED, reason=f"enabled in epoch {admin.epoch}: takes part from the next PoC")
+    if state.epoch_ml_nodes:
+        reason = f"no POC_SLOT in {_models(sorted(state.epoch_ml_nodes))}"
+    else:
+        reason = "no POC_SLOT: the chain has not placed the node in an epoch yet"
+    if not admin.enabled:
+        reason += f"; admin-disabled in epoch {admin.epoch}, which applies from the next epoch"
+    return Target(NodeStatus.POC, poc_status, reason)
 
 
 def inference_up_target(state: NodeState, latest_epoch: int, phase: Phase) -> Target:
     """InferenceUpAll: not operational → STOPPED, TRAINING left alone, else INFERENCE (PoC intent reset)."""
-    if not should_be_operational(state.admin_state, latest_epoch, phase):
-        return Target(NodeStatus.STOPPED)
+    admin = state.admin_state
+    if not should_be_operational(admin, latest_epoch, phase):
+        if not admin.enabled:
+            return Target(NodeStatus.STOPPED, reason=f"admin-disabled (in epoch {admin.epoch})")
+        return Target(NodeStatus.STOPPED, reason=f"enabled in epoch {admin.epoch}: serves from the Inference phase")
     if state.intended_status is NodeStatus.TRAINING:
-        return Target(NodeStatus.TRAINING)
-    return Target(NodeStatus.INFERENCE)
+        return Target(NodeStatus.TRAINING, reason="training: left alone")
+    return Target(NodeStatus.INFERENCE, reason="inference phase: every operational node serves")
 
 
 # --- model choice and arguments ------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 The queue holds at most `capacity` jobs *including the one running*, so whether a submission fits never
 depends on whether the worker task has picked up the first job yet (reference/broker.md §8.21). Every
-job has a deadline; a job can be cancelled while queued or running; a job that raises something other
+job has a deadline: a job past it fails with the ML node call it was waiting on and for how long, and a
+warning; a job can be cancelled while queued or running; a job that raises something other
 than what jobs are supposed to raise is logged with its traceback and reported as failed, and the
 worker keeps going.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 from dapi.broker.jobs import NodeJob, NodeResult
 from dapi.logs import get_logger
-from dapi.mlnodeclient import MLNodeClient
+from dapi.mlnodeclient import CallInFlight, MLNodeClient
 from dapi.runtime.tasks import TaskOwner
 
 __all__ = ["DEFAULT_CAPACITY", "NodeWorker", "ResultCallback"]
@@ -138,21 +139,41 @@ class NodeWorker:
             task = self._tasks.spawn(self._execute(job), f"job-{self.node_id}-{job.job_id}")
             self._running = (job, task)
             try:
-                await asyncio.wait({task})
+                done, _ = await asyncio.wait({task}, timeout=self._job_timeout)
+                if done:
+                    result = NodeResult.cancelled() if task.cancelled() else task.result()
+                else:
+                    # Say what the job was stuck in before cancelling it unwinds that call.
+                    result = self._past_deadline(job, task)
+                    task.cancel()
+                    await asyncio.wait({task})
             except asyncio.CancelledError:
                 task.cancel()
                 self._running = None
                 raise
             self._running = None
-            result = NodeResult.cancelled() if task.cancelled() else task.result()
             self._report(job, result)
+
+    def running_call(self, job_id: int) -> CallInFlight | None:
+        """The ML node call the running job `job_id` is waiting on, if it is running and waiting."""
+        if self._running is None or self._running[0].job_id != job_id:
+            return None
+        return self.client.call_in_flight(self._running[1])
+
+    def _past_deadline(self, job: NodeJob, task: asyncio.Task[NodeResult]) -> NodeResult:
+        waiting = self.client.call_in_flight(task)
+        reason = f"{type(job).__name__} timed out after {self._job_timeout:g} s (the job deadline)"
+        if waiting is not None:
+            reason += f": {waiting.describe()}"
+        log.warning("node job hit its deadline; the node is marked FAILED", node_id=self.node_id,
+                    job=type(job).__name__, deadline=self._job_timeout,
+                    call=waiting.call if waiting else None, url=waiting.url if waiting else None,
+                    waited=round(waiting.waited(), 1) if waiting else None)
+        return NodeResult.failed(reason)
 
     async def _execute(self, job: NodeJob) -> NodeResult:
         try:
-            async with asyncio.timeout(self._job_timeout):
-                return await job.run(self.client)
-        except TimeoutError:
-            return NodeResult.failed(f"{type(job).__name__} timed out after {self._job_timeout:g} s")
+            return await job.run(self.client)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class ChainError(Exception):
     """Something went wrong talking to the chain node."""
@@ -26,3 +28,35 @@ class ChainRejected(ChainError):
         super().__init__(message)
         self.code = code
         self.log = log
+
+
+class ChainHeightPruned(ChainError):
+    """The node no longer keeps that height (its blocks or its state were pruned): retrying will not help.
+
+    ``height`` is the height asked for, ``lowest`` the lowest one the node still serves, when it said so
+    (CometBFT's ``block`` does; a pruned state query does not).
+    """
+
+    def __init__(self, message: str, *, height: int | None = None, lowest: int | None = None) -> None:
+        super().__init__(message)
+        self.height = height
+        self.lowest = lowest
+
+
+# CometBFT 0.38, rpc/core getHeight: the block store's base is above the height asked for.
+_BLOCK_PRUNED = re.compile(r"height (\d+) is not available, lowest height is (\d+)")
+# Cosmos SDK baseapp, CreateQueryContext: the state of that version is gone (pruned).
+_STATE_PRUNED = re.compile(r"failed to load state at height (\d+)")
+
+
+def pruned_height_error(text: str, *, where: str = "") -> ChainHeightPruned | None:
+    """A ChainHeightPruned if the chain's error text says the height was pruned, else None.
+
+    ``where`` (the RPC method or query path) prefixes the message.
+    """
+    message = f"{where}: {text}" if where else text
+    if match := _BLOCK_PRUNED.search(text):
+        return ChainHeightPruned(message, height=int(match.group(1)), lowest=int(match.group(2)))
+    if match := _STATE_PRUNED.search(text):
+        return ChainHeightPruned(message, height=int(match.group(1)))
+    return None

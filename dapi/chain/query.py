@@ -13,7 +13,14 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from dapi.chain.errors import ChainBadResponse, ChainError, ChainNotFound, ChainRejected, ChainUnavailable
+from dapi.chain.errors import (
+    ChainBadResponse,
+    ChainError,
+    ChainNotFound,
+    ChainRejected,
+    ChainUnavailable,
+    pruned_height_error,
+)
 from dapi.chain.rpc import CometRPC
 from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
 from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_query_pb2
@@ -85,6 +92,9 @@ class GrpcTransport:
 def grpc_error(path: str, exc: grpc.aio.AioRpcError) -> ChainError:
     code = exc.code()
     text = f"{path}: {code.name}: {exc.details()}"
+    # A historical query below the node's pruning horizon (the SDK answers NotFound or InvalidArgument).
+    if (pruned := pruned_height_error(exc.details() or "", where=f"{path}: {code.name}")) is not None:
+        return pruned
     if code == grpc.StatusCode.NOT_FOUND:
         return ChainNotFound(text)
     if code in _RETRIABLE_GRPC:
@@ -101,6 +111,8 @@ class AbciTransport:
     async def unary(self, path: str, request: Message, response_type: type[M], height: int = 0) -> M:
         result = await self.rpc.abci_query(path, request.SerializeToString(), height)
         if result.code != 0:
+            if (pruned := pruned_height_error(result.log, where=f"{path}: code {result.code}")) is not None:
+                raise pruned  # a historical query below the node's pruning horizon
             # The chain maps a gRPC NotFound into the ABCI log text; that text is all there is to go on.
             if "not found" in result.log.lower():
                 raise ChainNotFound(f"{path}: {result.log}")

@@ -2,7 +2,8 @@
 
 Only the JSON shapes of CometBFT 0.38 are relied on: heights are decimal strings, byte fields are
 base64 in requests and responses, hashes are uppercase hex, a missing tx is a JSON-RPC error whose
-text says "not found".
+text says "not found", a pruned height is a JSON-RPC error whose text says "height X is not available,
+lowest height is Y".
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from dapi.chain.errors import ChainBadResponse, ChainError, ChainNotFound, ChainUnavailable
+from dapi.chain.errors import (
+    ChainBadResponse,
+    ChainError,
+    ChainNotFound,
+    ChainUnavailable,
+    pruned_height_error,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +143,8 @@ class CometRPC:
                 text = f"{error.get('message', '')} {error.get('data', '')}".strip()
             else:
                 text = str(error)
+            if (pruned := pruned_height_error(text, where=method)) is not None:
+                raise pruned
             if "not found" in text.lower():
                 raise ChainNotFound(f"{method}: {text}")
             raise ChainError(f"{method}: {text}")

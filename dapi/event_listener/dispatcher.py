@@ -20,14 +20,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from dapi.broker import Broker
 from dapi.broker.state import EpochState
 from dapi.chain.epochs import Epoch, EpochContext, Phase
-from dapi.chain.query import ChainQuery
-from dapi.chain.rpc import CometRPC
+from dapi.chain.rpc import ChainNodeStatus
 from dapi.chain.view import ChainSnapshot, ChainView, epoch_params_from_proto
 from dapi.event_listener.subscription import NewBlock
+from dapi.gen.inference.inference.query_pb2 import QueryEpochInfoResponse
 from dapi.logs import bind_context, get_logger
 from dapi.metrics import Metrics
 from dapi.poc.seeds import SeedManager
@@ -35,6 +36,18 @@ from dapi.poc.validation import BatchValidator
 from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
+
+
+class ChainTip(Protocol):
+    """Where the chain node is and whether it is synced (CometBFT ``status``; CometRPC in the daemon)."""
+
+    async def status(self) -> ChainNodeStatus: ...
+
+
+class EpochSource(Protocol):
+    """The chain's ``EpochInfo``, as of a height when one is given (ChainQuery in the daemon)."""
+
+    async def epoch_info(self, height: int = 0) -> QueryEpochInfoResponse: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +81,8 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        rpc: CometRPC,
-        query: ChainQuery,
+        rpc: ChainTip,
+        query: EpochSource,
         broker: Broker,
         view: ChainView,
         seeds: SeedManager | None,

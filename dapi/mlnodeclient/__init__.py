@@ -2,6 +2,7 @@
 
 from dapi.mlnodeclient.client import (
     DEFAULT_TIMEOUTS,
+    CallInFlight,
     MLNodeClient,
     MLNodeTimeouts,
     create_http_client,
@@ -41,6 +42,7 @@ __all__ = [
     "DEFAULT_R_TARGET",
     "DEFAULT_TIMEOUTS",
     "MAINNET_PARAMS",
+    "CallInFlight",
     "InferenceUpRequest",
     "InitDto",
     "MLNodeBadResponse",

@@ -15,6 +15,7 @@ the same 15-minute timeout):
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -75,6 +76,21 @@ class MLNodeTimeouts:
 DEFAULT_TIMEOUTS = MLNodeTimeouts()
 
 
+@dataclass(frozen=True, slots=True)
+class CallInFlight:
+    """A call sent and not answered yet: which one, to where, since when (``time.monotonic()``)."""
+
+    call: str
+    url: str
+    started: float
+
+    def waited(self) -> float:
+        return time.monotonic() - self.started
+
+    def describe(self) -> str:
+        return f"{self.call} {self.url} had not answered after {self.waited():.1f} s"
+
+
 def create_http_client(*, max_connections: int = 1000) -> httpx.AsyncClient:
     """A connection pool to share between the clients of many ML nodes.
 
@@ -112,6 +128,8 @@ class MLNodeClient:
         self._own_http = http is None
         self._http = http if http is not None else httpx.AsyncClient(timeout=None, verify=default_ssl_context())
         self.timeouts = timeouts
+        # The call each task is waiting on, so whoever gives up on a task can say what it was stuck in.
+        self._in_flight: dict[asyncio.Task[Any], CallInFlight] = {}
 
     @classmethod
     def for_node(
@@ -140,6 +158,10 @@ class MLNodeClient:
     @property
     def inference_url(self) -> str:
         return self._inference_url
+
+    def call_in_flight(self, task: asyncio.Task[Any]) -> CallInFlight | None:
+        """The call `task` is waiting on right now, if it is waiting on one of this client's calls."""
+        return self._in_flight.get(task)
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -279,6 +301,9 @@ class MLNodeClient:
         json_body: dict[str, Any] | None = None,
     ) -> httpx.Response:
         http_timeout = httpx.Timeout(timeout, connect=min(self.timeouts.connect, timeout))
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight[task] = CallInFlight(call, url, time.monotonic())
         try:
             # httpx's timeouts bound each read or write, not the call; a node that trickles bytes would
             # never trip them, so the call as a whole gets the deadline too.
@@ -288,6 +313,9 @@ class MLNodeClient:
             raise MLNodeTimeout(f"no answer within {timeout:g} s", call=call, url=url) from exc
         except httpx.TransportError as exc:
             raise MLNodeUnavailable(f"{type(exc).__name__}: {exc}", call=call, url=url) from exc
+        finally:
+            if task is not None:
+                self._in_flight.pop(task, None)
         if resp.status_code == 409:
             raise MLNodeConflict(resp.status_code, resp.text, call=call, url=url)
         if not resp.is_success:
