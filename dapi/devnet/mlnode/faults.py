@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -22,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from dapi.devnet.mlnode.node import NODES_PREFIX, RecordedCall, SimNode
+from dapi.logs import get_logger
 
 if TYPE_CHECKING:
     from dapi.devnet.mlnode.server import SimMLNodeServer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 _NODE_PATH_RE = re.compile(rf"^{NODES_PREFIX}/([^/]+)(/.*)?$")
 
@@ -56,6 +56,7 @@ class FaultSpec(BaseModel):
     count: int | None = Field(default=None, ge=1)
 
     def label(self) -> str:
+        """A short name of the fault for recorded calls ("status:500,latency:0.5"); empty if none."""
         parts = []
         if self.refuse:
             parts.append("refuse")
@@ -73,7 +74,12 @@ class FaultsAndRecording:
     """Records each call to a node and applies its fault before the routes see the request.
 
     Raw ASGI rather than FastAPI middleware because two of the faults are not responses at all:
-    holding a request forever and dropping the connection.
+    holding a request forever and dropping the connection. Requests outside `/nodes/<name>`, or for
+    unknown nodes, pass through untouched.
+
+    Args:
+        server: finds a request's node, and tells when it is closing (held requests end then).
+        app: the routes (`app.build_app`).
     """
 
     def __init__(self, server: SimMLNodeServer, app: ASGIApp) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -25,13 +24,14 @@ import httpx
 from pydantic import BaseModel, Field
 
 from dapi.devnet.mlnode.pocmath import sim_dist, validate_proof_batch
+from dapi.logs import get_logger
 from dapi.mlnodeclient.models import InferenceUpRequest, MLNodeState, ProofBatch, ValidatedBatch
 
 if TYPE_CHECKING:
     from dapi.devnet.mlnode.faults import FaultSpec
     from dapi.devnet.mlnode.server import SimMLNodeServer
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 NODES_PREFIX = "/nodes"
 DEFAULT_BATCH_INTERVAL = 5.0  # the real Sender's period
@@ -71,6 +71,8 @@ class RecordedCall:
 
 
 class PowPhase(StrEnum):
+    """What a node in POW state does: waits (IDLE), generates nonces, or validates others' batches."""
+
     IDLE = "IDLE"
     GENERATE = "GENERATE"
     VALIDATE = "VALIDATE"
@@ -86,8 +88,15 @@ _POW_STATUS_OF_PHASE = {PowPhase.IDLE: "IDLE", PowPhase.GENERATE: "GENERATING", 
 class SimNode:
     """The state of one simulated ML node. Read it freely in tests; change it through the HTTP API.
 
-    `inference_up_error`, when set, makes the next inference/up answer the real node's failure shape
-    (200 `{"status": "ERROR", "message": ...}`), and `load_delay` is how long inference/up takes.
+    Made by `SimMLNodeServer.add_node`; the other fields are its state, starting STOPPED.
+
+    Args:
+        name: the node's name, its path segment `/nodes/<name>` on the server.
+        server: the server hosting it; gives the batch interval, the nonces per batch, the HTTP client
+            for batch callbacks and the owner of the batch loop's task.
+        load_delay: seconds an inference/up takes before the node serves.
+        inference_up_error: when set, the next inference/up answers the real node's failure shape
+            (200 `{"status": "ERROR", "message": ...}`) with this message, and the field clears.
     """
 
     name: str
@@ -238,27 +247,28 @@ class SimNode:
     def _start_loop(self) -> None:
         self.cancel_loop()
         self.loop_error = None
-        self._task = asyncio.get_running_loop().create_task(self._sender_loop(), name=f"sim-mlnode-{self.name}")
-        self._task.add_done_callback(self._on_loop_done)
+        self._task = self.server.tasks.spawn(self._sender_loop(), name=f"sim-mlnode-{self.name}")
 
     def cancel_loop(self) -> asyncio.Task[None] | None:
-        """Cancel the batch loop; returns the task so the caller may await its end."""
+        """Cancel the batch loop; returns the task so the caller may await its end.
+
+        The server's task owner keeps the cancelled task until it has ended, so `server.stop()` waits for it.
+        """
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            self.server.retired_tasks.add(task)
         return task
 
-    def _on_loop_done(self, task: asyncio.Task[None]) -> None:
-        self.server.retired_tasks.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if exc is not None:
-            self.loop_error = repr(exc)
-            log.error("sim ML node %s: batch loop crashed", self.name, exc_info=exc)
-
     async def _sender_loop(self) -> None:
+        # A crash ends the loop (the real Sender dies with its process); the task owner logs it, and
+        # `loop_error` shows it in `/sim/nodes`.
+        try:
+            await self._send_batches()
+        except Exception as exc:
+            self.loop_error = repr(exc)
+            raise
+
+    async def _send_batches(self) -> None:
         while True:
             await asyncio.sleep(self.server.batch_interval)
             init = self.pow_init
@@ -308,7 +318,7 @@ class SimNode:
                 error = f"POST {url}: {type(exc).__name__}: {exc}"
                 # Logged on change only: a receiver that is down would otherwise log every tick.
                 if error != self.last_post_error:
-                    log.warning("sim ML node %s: %s (kept for retry)", self.name, error)
+                    log.warning("sim ML node: batch POST failed; kept for retry", node=self.name, error=error)
                 self.last_post_error = error
                 return
             self.last_post_error = None

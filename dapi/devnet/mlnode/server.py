@@ -20,6 +20,7 @@ from dapi.devnet.mlnode.faults import ASGIApp, FaultsAndRecording, FaultSpec
 from dapi.devnet.mlnode.node import DEFAULT_BATCH_INTERVAL, NODES_PREFIX, RecordedCall, SimNode
 from dapi.mlnodeclient.client import default_ssl_context
 from dapi.runtime.serving import EmbeddedServer
+from dapi.runtime.tasks import TaskOwner
 
 _NODE_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -28,7 +29,16 @@ class SimMLNodeServer:
     """Many simulated ML nodes behind one uvicorn server on `host` (port 0: the OS picks one).
 
     `async with SimMLNodeServer(batch_interval=0.05) as srv:` starts it; `srv.url` is its base URL and
-    `srv.add_node("n1")` a node whose poc and inference base URL is `srv.node_url("n1")`.
+    `srv.add_node("n1")` a node whose poc and inference base URL is `srv.node_url("n1")`. Nodes can be
+    added before or after the start; faults are set with `set_fault` (or `PUT /sim/nodes/{name}/fault`).
+
+    Args:
+        host: the address to bind; a wildcard bind is reached on loopback (see `url`).
+        port: the port to bind; 0 lets the OS choose one (read it from `port` once started).
+        batch_interval: seconds between two batch POSTs of a node (the real Sender's period is 5 s).
+        nonces_per_batch: nonces a generating node tries per interval (the ones below r_target are sent).
+        load_delay: default seconds an inference/up takes, for nodes added without their own.
+        callback_timeout: timeout in seconds of the batch POSTs to the daemon's callback URLs.
     """
 
     def __init__(
@@ -49,7 +59,7 @@ class SimMLNodeServer:
         self.default_load_delay = load_delay
         self._callback_timeout = callback_timeout
         self._nodes: dict[str, SimNode] = {}
-        self.retired_tasks: set[asyncio.Task[None]] = set()
+        self.tasks = TaskOwner("sim-mlnodes")  # the nodes' batch loops
         self._closing = asyncio.Event()
         self._callback_http: httpx.AsyncClient | None = None
         self.app: ASGIApp = FaultsAndRecording(self, build_app(self))
@@ -74,8 +84,7 @@ class SimMLNodeServer:
         for node in self._nodes.values():
             node.cancel_loop()
             node.abort_load()
-        if self.retired_tasks:
-            await asyncio.gather(*self.retired_tasks, return_exceptions=True)
+        await self.tasks.stop()
         await self._http_server.stop()
         await self._close_callback_http()
 
