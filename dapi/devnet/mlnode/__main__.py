@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import signal
 
 from dapi.devnet.mlnode.node import DEFAULT_BATCH_INTERVAL
 from dapi.devnet.mlnode.server import start_sim_mlnodes
+from dapi.logs import configure_logging
+from dapi.runtime.signals import install_stop_signals
 
 
 async def _run_standalone(args: argparse.Namespace) -> None:
@@ -21,9 +21,7 @@ async def _run_standalone(args: argparse.Namespace) -> None:
         args.node, host=args.host, port=args.port, batch_interval=args.batch_interval, load_delay=args.load_delay
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    remove_signals = install_stop_signals(stop)
     try:
         print(
             json.dumps(
@@ -33,6 +31,7 @@ async def _run_standalone(args: argparse.Namespace) -> None:
         )
         await stop.wait()
     finally:
+        remove_signals()
         await server.stop()
 
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-interval", type=float, default=DEFAULT_BATCH_INTERVAL)
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds inference/up takes")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()  # logs go to stderr; stdout carries only the ready line
     asyncio.run(_run_standalone(args))
     return 0
 
