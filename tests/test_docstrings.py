@@ -14,11 +14,6 @@ PACKAGE = ROOT / "dapi"
 # Generated protobuf code: documented by the .proto files it comes from.
 GENERATED = "dapi/gen/"
 
-# Being rewritten as packages on other branches. The new packages are covered by these tests once they
-# land, and each path leaves this list then (test_excluded_files_still_exist says when).
-BEING_REPLACED = frozenset({
-    "dapi/devnet/mlnode.py",
-})
 
 # The components other code constructs: their docstrings say what each constructor parameter is for.
 MAIN_COMPONENTS = (
@@ -50,7 +45,7 @@ def _source_files() -> list[str]:
     files = []
     for path in sorted(PACKAGE.rglob("*.py")):
         name = path.relative_to(ROOT).as_posix()
-        if name.startswith(GENERATED) or name in BEING_REPLACED:
+        if name.startswith(GENERATED):
             continue
         files.append(name)
     return files
@@ -65,12 +60,6 @@ def test_the_walk_finds_the_package() -> None:
     files = _source_files()
     assert "dapi/daemon.py" in files
     assert not any(f.startswith(GENERATED) for f in files)
-
-
-def test_excluded_files_still_exist() -> None:
-    # Once a file is replaced, its entry would exclude nothing; remove it so its package is checked.
-    gone = sorted(name for name in BEING_REPLACED if not (ROOT / name).exists())
-    assert gone == [], f"replaced, so remove from BEING_REPLACED: {gone}"
 
 
 def test_every_public_class_has_a_docstring() -> None:

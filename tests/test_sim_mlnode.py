@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -581,7 +581,6 @@ async def test_a_crashing_loop_is_logged(
     sim: SimMLNodeServer,
     n1: Node,
     receiver: Receiver,
-    caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     node = sim.node("n1")
@@ -590,11 +589,12 @@ async def test_a_crashing_loop_is_logged(
         raise RuntimeError("generator exploded")
 
     monkeypatch.setattr(node, "_generate", boom)
-    with caplog.at_level(logging.ERROR, logger="dapi.devnet.mlnode"):
+    with structlog.testing.capture_logs() as logs:
         await n1.post("/api/v1/pow/init/generate", init_body(receiver.url))
-        await wait_until(lambda: node.loop_error is not None)
+        await wait_until(lambda: sim.tasks.crashes == 1)
     assert "generator exploded" in (node.loop_error or "")
-    assert any("batch loop crashed" in r.getMessage() and r.exc_info for r in caplog.records)
+    assert any(e["event"] == "background task crashed" and e["task"] == "sim-mlnode-n1" and e["exc_info"]
+               for e in logs)
 
 
 async def test_server_binds_an_os_chosen_port_and_frees_it_on_exit() -> None:

@@ -35,7 +35,7 @@ from dapi.chain.epochs import EpochContext
 from dapi.chain.tx import TxSigner
 from dapi.devnet.genesis import DevnetGenesis, ParticipantSpec
 from dapi.devnet.ledger import Block, CheckTxResult, Ledger, TxRecord
-from dapi.devnet.mlnode import sim_dist, validate_proof_batch
+from dapi.devnet.mlnode.pocmath import sim_dist, validate_proof_batch
 from dapi.devnet.schedule.records import HardwareNode, HardwareNodeStatus, PoCBatch
 from dapi.devnet.wire.convert import hardware_node_to_proto
 from dapi.gen.inference.inference import tx_pb2 as itx
