@@ -19,7 +19,7 @@ from dapi.chain.broadcast import GrpcBroadcaster
 from dapi.chain.query import ChainQuery, GrpcTransport
 from dapi.chain.rpc import CometRPC
 from dapi.chain.tx import TxSigner
-from dapi.devnet import Devnet
+from dapi.devnet import SimulatedNetwork
 from dapi.devnet.schedule.formation import FormationInput, form_epoch
 from dapi.devnet.schedule.models import ModelRegistry
 from dapi.devnet.schedule.records import (
@@ -42,8 +42,8 @@ BLOCK_TIME = 0.02
 
 
 @pytest.fixture
-async def devnet() -> AsyncIterator[Devnet]:
-    async with Devnet(block_time=BLOCK_TIME) as running:
+async def devnet() -> AsyncIterator[SimulatedNetwork]:
+    async with SimulatedNetwork(block_time=BLOCK_TIME) as running:
         yield running
 
 
@@ -96,7 +96,7 @@ def _shape(parent: EpochGroupData | epoch_group_data_pb2.EpochGroupData,
     )
 
 
-async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_inputs(devnet: Devnet) -> None:
+async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_inputs(devnet: SimulatedNetwork) -> None:
     # Claim-money of epoch 3 is 134: by then epochs 1 and 2 are settled and claimed.
     await devnet.wait_for_height(135, timeout=60)
     devnet.pause_blocks()
@@ -170,7 +170,7 @@ def _hardware_record(wire: hardware_node_pb2.HardwareNodes) -> HardwareNodes:
                          hardware_nodes=tuple(hardware_node_from_proto(n) for n in wire.hardware_nodes))
 
 
-async def test_the_chain_rules_bite_a_misbehaving_peer(devnet: Devnet) -> None:
+async def test_the_chain_rules_bite_a_misbehaving_peer(devnet: SimulatedNetwork) -> None:
     genesis = devnet.genesis
     peer1, peer2 = genesis.participant("peer1"), genesis.participant("peer2")
     devnet.set_misbehaving("peer1", mine_with_poc_slot_nodes=True, skip_seed=False)
@@ -216,7 +216,7 @@ async def test_own_participant_joins_through_its_sim_ml_nodes() -> None:
 
     receiver = await start_server(Starlette(routes=[Route("/v1/poc-batches/generated", generated, methods=["POST"])]))
     try:
-        async with Devnet(block_time=0.05, mlnode_batch_interval=0.05) as devnet:
+        async with SimulatedNetwork(block_time=0.05, mlnode_batch_interval=0.05) as devnet:
             own = devnet.own
             query = ChainQuery(GrpcTransport(devnet.grpc_target))
             broadcaster = GrpcBroadcaster(devnet.grpc_target)
@@ -301,7 +301,7 @@ async def test_own_participant_joins_through_its_sim_ml_nodes() -> None:
         await receiver.stop()
 
 
-async def test_a_governance_change_mid_epoch_leaves_the_formed_snapshot_alone(devnet: Devnet) -> None:
+async def test_a_governance_change_mid_epoch_leaves_the_formed_snapshot_alone(devnet: SimulatedNetwork) -> None:
     await devnet.wait_for_epoch(1, timeout=60)
     original = devnet.genesis.models[0]
     changed = dataclasses.replace(original, model_args=("--tensor-parallel-size", "2"), v_ram=96)

@@ -19,7 +19,7 @@ from dapi.chain.epochs import DEVNET_EPOCH_PARAMS
 from dapi.chain.keys import SigningKey, address_from_base64_public_key
 from dapi.chain.messages import INFERENCE_MSG_TYPE_URLS
 from dapi.config import load_config, signer_secret
-from dapi.devnet import Devnet
+from dapi.devnet import SimulatedNetwork
 from dapi.devnet.daemon_config import DaemonPorts, PortLayout, write_daemon_config
 from dapi.devnet.genesis import (
     DEFAULT_GENESIS_PATH,
@@ -221,7 +221,7 @@ async def test_a_taken_port_fails_the_start_and_leaves_nothing_running() -> None
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        devnet = Devnet(block_time=0.02, grpc_port=port)
+        devnet = SimulatedNetwork(block_time=0.02, grpc_port=port)
         with pytest.raises(OSError, match="cannot bind"):
             await devnet.start()
     # The sim ML node server started before the clash was stopped again.

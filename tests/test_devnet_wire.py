@@ -21,7 +21,7 @@ from dapi.chain.keys import SigningKey
 from dapi.chain.query import AbciTransport, ChainQuery, GrpcTransport
 from dapi.chain.rpc import CometRPC
 from dapi.chain.tx import TxSigner, sign_tx
-from dapi.devnet import Devnet
+from dapi.devnet import SimulatedNetwork
 from dapi.devnet.genesis import ParticipantSpec
 from dapi.devnet.ledger import CODESPACE_INFERENCE, CODESPACE_SDK, InferenceCode, SdkCode
 from dapi.gen.inference.inference import query_pb2 as q
@@ -32,12 +32,12 @@ P1 = 40  # epoch 1's PoC start; exchange window [41, 48]
 
 
 @pytest.fixture
-async def devnet() -> AsyncIterator[Devnet]:
-    async with Devnet(block_time=BLOCK_TIME) as running:
+async def devnet() -> AsyncIterator[SimulatedNetwork]:
+    async with SimulatedNetwork(block_time=BLOCK_TIME) as running:
         yield running
 
 
-async def signer(devnet: Devnet, who: ParticipantSpec, query: ChainQuery) -> TxSigner:
+async def signer(devnet: SimulatedNetwork, who: ParticipantSpec, query: ChainQuery) -> TxSigner:
     # As the daemon does it: the signer's account number comes from the auth Account query.
     account = await query.account(who.signer_address)
     return TxSigner(who.signer_key, chain_id=devnet.genesis.chain_id, account_number=account.account_number,
@@ -49,7 +49,7 @@ def poc_batch(who: ParticipantSpec, batch_id: str, node_id: str = "node2", start
                                  nonces=[2, 7, 12], dist=[0.25, 0.5, 0.75], node_id=node_id)
 
 
-async def stop_at(devnet: Devnet, height: int) -> None:
+async def stop_at(devnet: SimulatedNetwork, height: int) -> None:
     devnet.pause_at(height)
     await devnet.wait_for_height(height)
     assert devnet.ledger.height == height and devnet.paused
@@ -58,7 +58,7 @@ async def stop_at(devnet: Devnet, height: int) -> None:
 # --- queries ---------------------------------------------------------------------------------------
 
 
-async def test_grpc_and_abci_give_identical_answers(devnet: Devnet) -> None:
+async def test_grpc_and_abci_give_identical_answers(devnet: SimulatedNetwork) -> None:
     await devnet.wait_for_epoch(1)
     devnet.pause_blocks()
     via_grpc = ChainQuery(GrpcTransport(devnet.grpc_target))
@@ -106,7 +106,7 @@ async def test_grpc_and_abci_give_identical_answers(devnet: Devnet) -> None:
     assert [b.batch_id for b in peer_batches.poc_batch] == sorted(b.batch_id for b in peer_batches.poc_batch)
 
 
-async def test_epoch_state_at_a_past_height_over_grpc_metadata_and_abci_height(devnet: Devnet) -> None:
+async def test_epoch_state_at_a_past_height_over_grpc_metadata_and_abci_height(devnet: SimulatedNetwork) -> None:
     await devnet.wait_for_height(P1 + 15)
     path = "/inference.inference.Query/EpochInfo"
     group_path = "/inference.inference.Query/CurrentEpochGroupData"
@@ -135,7 +135,7 @@ async def test_epoch_state_at_a_past_height_over_grpc_metadata_and_abci_height(d
     await rpc.aclose()
 
 
-async def test_missing_groups_are_not_found_on_both_transports(devnet: Devnet) -> None:
+async def test_missing_groups_are_not_found_on_both_transports(devnet: SimulatedNetwork) -> None:
     for client in (ChainQuery(GrpcTransport(devnet.grpc_target)), ChainQuery(AbciTransport(CometRPC(devnet.rpc_url)))):
         try:
             with pytest.raises(ChainNotFound):
@@ -152,7 +152,7 @@ async def test_missing_groups_are_not_found_on_both_transports(devnet: Devnet) -
 
 
 @pytest.mark.parametrize("transport", ["grpc", "rpc"])
-async def test_a_batch_in_the_window_is_included_and_a_late_one_fails_in_its_block(devnet: Devnet,
+async def test_a_batch_in_the_window_is_included_and_a_late_one_fails_in_its_block(devnet: SimulatedNetwork,
                                                                                     transport: str) -> None:
     query = ChainQuery(GrpcTransport(devnet.grpc_target))
     broadcaster = GrpcBroadcaster(devnet.grpc_target) if transport == "grpc" else RpcBroadcaster(CometRPC(devnet.rpc_url))
@@ -184,7 +184,7 @@ async def test_a_batch_in_the_window_is_included_and_a_late_one_fails_in_its_blo
         await query.aclose()
 
 
-async def test_bad_txs_get_nonzero_checktx_codes_and_the_node_keeps_going(devnet: Devnet) -> None:
+async def test_bad_txs_get_nonzero_checktx_codes_and_the_node_keeps_going(devnet: SimulatedNetwork) -> None:
     own, peer = devnet.own, devnet.genesis.peers[0]
     query = ChainQuery(GrpcTransport(devnet.grpc_target))
     rpc = RpcBroadcaster(CometRPC(devnet.rpc_url))
@@ -226,7 +226,7 @@ async def test_bad_txs_get_nonzero_checktx_codes_and_the_node_keeps_going(devnet
         await grpc_broadcaster.aclose()
 
 
-async def test_injected_checktx_faults_over_the_wire(devnet: Devnet) -> None:
+async def test_injected_checktx_faults_over_the_wire(devnet: SimulatedNetwork) -> None:
     query = ChainQuery(GrpcTransport(devnet.grpc_target))
     broadcaster = GrpcBroadcaster(devnet.grpc_target)
     own = devnet.own
@@ -248,7 +248,7 @@ async def test_injected_checktx_faults_over_the_wire(devnet: Devnet) -> None:
 # --- CometBFT RPC shapes ---------------------------------------------------------------------------
 
 
-async def test_status_block_tx_shapes_and_uri_style(devnet: Devnet) -> None:
+async def test_status_block_tx_shapes_and_uri_style(devnet: SimulatedNetwork) -> None:
     await devnet.wait_for_height(3)
     devnet.pause_blocks()
     rpc = CometRPC(devnet.rpc_url)
@@ -310,7 +310,7 @@ async def _subscribe(ws: Any, sub_id: str, query: str) -> dict[str, Any]:
             return frame
 
 
-async def test_a_subscriber_gets_every_height_once_and_in_order(devnet: Devnet) -> None:
+async def test_a_subscriber_gets_every_height_once_and_in_order(devnet: SimulatedNetwork) -> None:
     heights: list[int] = []
     tx_events: list[dict[str, Any]] = []
     async with connect(devnet.websocket_url) as ws:
@@ -337,7 +337,7 @@ async def test_a_subscriber_gets_every_height_once_and_in_order(devnet: Devnet) 
     assert tx_events and all(isinstance(e["height"], str) for e in tx_events)
 
 
-async def test_dropped_websockets_close_and_a_new_subscription_continues(devnet: Devnet) -> None:
+async def test_dropped_websockets_close_and_a_new_subscription_continues(devnet: SimulatedNetwork) -> None:
     async with connect(devnet.websocket_url) as ws:
         await _subscribe(ws, "1", "tm.event='NewBlock'")
         first = json.loads(await ws.recv())
@@ -354,7 +354,7 @@ async def test_dropped_websockets_close_and_a_new_subscription_continues(devnet:
         assert int(again["result"]["data"]["value"]["block"]["header"]["height"]) > last_seen
 
 
-async def test_subscription_errors(devnet: Devnet) -> None:
+async def test_subscription_errors(devnet: SimulatedNetwork) -> None:
     async with connect(devnet.websocket_url) as ws:
         await ws.send(json.dumps({"jsonrpc": "2.0", "method": "subscribe", "id": 1, "params": {"query": "tm.event >"}}))
         bad = json.loads(await ws.recv())
@@ -376,7 +376,7 @@ async def test_subscription_errors(devnet: Devnet) -> None:
                     break
 
 
-async def test_garbage_requests_get_json_rpc_errors(devnet: Devnet) -> None:
+async def test_garbage_requests_get_json_rpc_errors(devnet: SimulatedNetwork) -> None:
     async with httpx.AsyncClient(base_url=devnet.rpc_url) as http:
         parse = (await http.post("/", content=b"{not json")).json()
         assert parse["error"]["code"] == -32700

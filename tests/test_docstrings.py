@@ -35,7 +35,7 @@ MAIN_COMPONENTS = (
     ("dapi/poc/validation.py", "BatchValidator"),
     ("dapi/node_store.py", "NodeStore"),
     ("dapi/runtime/serving.py", "EmbeddedServer"),
-    ("dapi/devnet/runner.py", "Devnet"),
+    ("dapi/devnet/network.py", "SimulatedNetwork"),
     ("dapi/devnet/peers.py", "PeerSimulator"),
     ("dapi/testbed/session.py", "DevnetSession"),
 )

@@ -21,7 +21,7 @@ import yaml
 from waiting import wait_for
 
 from dapi.chain.epochs import EpochContext
-from dapi.devnet import Devnet
+from dapi.devnet import SimulatedNetwork
 from dapi.devnet.daemon_config import DaemonPorts
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
 
@@ -44,7 +44,7 @@ def start_daemon(config: Path) -> subprocess.Popen[bytes]:
 
 
 async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) -> None:
-    async with Devnet(block_time=0.05, participants=2, nodes_per_participant=2) as devnet:
+    async with SimulatedNetwork(block_time=0.05, participants=2, nodes_per_participant=2) as devnet:
         ports = DaemonPorts(free_port(), free_port(), free_port())
         config = tmp_path / "config.yaml"
         devnet.write_daemon_config(config, ports=ports, data_dir=tmp_path / "data")

@@ -18,7 +18,7 @@ from dapi.chain.outbox import Outbox
 from dapi.chain.query import ChainQuery, GrpcTransport
 from dapi.chain.tx import TxSigner
 from dapi.config import OutboxConfig
-from dapi.devnet import Devnet
+from dapi.devnet import SimulatedNetwork
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitSeed
 from dapi.metrics import Metrics
 from dapi.node_store import NodeStore
@@ -28,8 +28,8 @@ FAST = OutboxConfig(tx_timeout=2.0, poll_interval=0.02, retry_backoff_max=0.05)
 
 
 @pytest.fixture
-async def chain_and_outbox(tmp_path: Path) -> AsyncIterator[tuple[Devnet, Outbox]]:
-    async with Devnet(block_time=0.05, participants=2, nodes_per_participant=1) as devnet:
+async def chain_and_outbox(tmp_path: Path) -> AsyncIterator[tuple[SimulatedNetwork, Outbox]]:
+    async with SimulatedNetwork(block_time=0.05, participants=2, nodes_per_participant=1) as devnet:
         query = ChainQuery(GrpcTransport(devnet.grpc_target))
         own = devnet.own
 
@@ -48,7 +48,7 @@ async def chain_and_outbox(tmp_path: Path) -> AsyncIterator[tuple[Devnet, Outbox
             await query.aclose()
 
 
-async def test_retriable_rejection_then_acceptance(chain_and_outbox: tuple[Devnet, Outbox]) -> None:
+async def test_retriable_rejection_then_acceptance(chain_and_outbox: tuple[SimulatedNetwork, Outbox]) -> None:
     devnet, outbox = chain_and_outbox
     own = devnet.own.address
     devnet.inject_checktx_fault(2, code=20)  # "mempool is full", twice
@@ -65,7 +65,7 @@ async def test_retriable_rejection_then_acceptance(chain_and_outbox: tuple[Devne
     assert await outbox.dead_letters() == []
 
 
-async def test_non_retriable_rejection_is_dead_lettered_and_visible(chain_and_outbox: tuple[Devnet, Outbox],
+async def test_non_retriable_rejection_is_dead_lettered_and_visible(chain_and_outbox: tuple[SimulatedNetwork, Outbox],
                                                                    tmp_path: Path) -> None:
     devnet, outbox = chain_and_outbox
     own = devnet.own.address
@@ -87,7 +87,7 @@ async def test_non_retriable_rejection_is_dead_lettered_and_visible(chain_and_ou
     assert counts["dead"] == 1
 
 
-async def test_failure_in_the_block_is_dead_lettered_with_the_chain_code(chain_and_outbox: tuple[Devnet, Outbox]) -> None:
+async def test_failure_in_the_block_is_dead_lettered_with_the_chain_code(chain_and_outbox: tuple[SimulatedNetwork, Outbox]) -> None:
     devnet, outbox = chain_and_outbox
     # Stage 7 is never an upcoming epoch's PoC start: the chain refuses the message when it makes the block.
     await outbox.submit(MsgSubmitPocBatch(creator=devnet.own.address, poc_stage_start_block_height=7,

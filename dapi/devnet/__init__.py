@@ -1,6 +1,6 @@
 """The devnet: a simulated chain, simulated peers and simulated ML nodes on loopback.
 
-`from dapi.devnet import Devnet` (see dapi.devnet.runner). The export is lazy so that importing the
+`from dapi.devnet import SimulatedNetwork` (see dapi.devnet.network). The export is lazy so that importing the
 pure schedule logic (`dapi.devnet.schedule`) does not pull in the servers.
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from dapi.devnet.runner import Devnet
+    from dapi.devnet.network import SimulatedNetwork
 
-__all__ = ["Devnet"]
+__all__ = ["SimulatedNetwork"]
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Devnet":
-        from dapi.devnet.runner import Devnet
+    if name == "SimulatedNetwork":
+        from dapi.devnet.network import SimulatedNetwork
 
-        return Devnet
+        return SimulatedNetwork
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,7 +30,7 @@ import structlog
 
 from dapi.devnet.daemon_config import DaemonPorts, PortLayout
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
-from dapi.devnet.runner import Devnet
+from dapi.devnet.network import SimulatedNetwork
 from dapi.logs import configure_logging
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
@@ -85,7 +85,8 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
         print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
         return 2
 
-    devnet = Devnet(genesis, rpc_port=layout.chain_rpc, grpc_port=layout.chain_grpc, mlnode_port=layout.mlnodes)
+    devnet = SimulatedNetwork(genesis, rpc_port=layout.chain_rpc, grpc_port=layout.chain_grpc,
+                              mlnode_port=layout.mlnodes)
     stop = asyncio.Event()
     remove_signals = install_stop_signals(stop)
     try:
@@ -211,7 +212,9 @@ async def _live(session: Any, *tasks: asyncio.Task[Any]) -> None:
             await asyncio.wait(set(tasks), timeout=0.25, return_when=asyncio.FIRST_COMPLETED)
 
 
-async def _watch(devnet: Devnet, out: _Output, stop: asyncio.Event, *, epochs: int | None) -> tuple[bool, str]:
+async def _watch(
+    devnet: SimulatedNetwork, out: _Output, stop: asyncio.Event, *, epochs: int | None
+) -> tuple[bool, str]:
     """Report each epoch as it becomes effective; return (healthy, reason) when told to stop."""
     announced = 0
     patience = max(20 * devnet.block_time, 2.0)
@@ -240,7 +243,7 @@ async def _watch(devnet: Devnet, out: _Output, stop: asyncio.Event, *, epochs: i
     return True, ""
 
 
-def _summary(devnet: Devnet, healthy: bool, reason: str) -> dict[str, Any]:
+def _summary(devnet: SimulatedNetwork, healthy: bool, reason: str) -> dict[str, Any]:
     return {
         "event": "summary",
         "healthy": healthy,

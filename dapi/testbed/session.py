@@ -1,6 +1,6 @@
 """The simulated network plus the real daemon, in one process (what ``dapi devnet`` runs).
 
-``DevnetSession`` starts a ``Devnet``, writes the daemon config for its own participant, and runs the
+``DevnetSession`` starts a ``SimulatedNetwork``, writes the daemon config for its own participant, and runs the
 real ``Daemon`` against it over the real wire protocols; ``dapi.testbed.health`` judges the run.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from dapi.config import load_config
 from dapi.daemon import Daemon, resolve_identity
 from dapi.devnet.daemon_config import DaemonPorts
-from dapi.devnet.runner import Devnet
+from dapi.devnet.network import SimulatedNetwork
 from dapi.logs import get_logger
 
 log = get_logger(__name__)
@@ -46,7 +46,7 @@ class DevnetSession:
         fast_polling: bool = True,
     ) -> None:
         rpc_port, grpc_port, ml_port = devnet_ports
-        self.devnet = Devnet(participants=participants, nodes_per_participant=nodes_per_participant,
+        self.devnet = SimulatedNetwork(participants=participants, nodes_per_participant=nodes_per_participant,
                              block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port, mlnode_port=ml_port)
         self.ports = ports or DaemonPorts(0, 0, 0)
         self._work_dir = work_dir

@@ -1,4 +1,4 @@
-"""`Devnet`: the simulated chain, its peers and the own participant's simulated ML nodes, on loopback."""
+"""The simulated network: ledger, wire servers, peers and the own participant's simulated ML nodes, on loopback."""
 
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ from dapi.devnet.wire.grpc_server import DevnetGrpcServer
 from dapi.devnet.wire.queries import QueryRouter
 from dapi.devnet.wire.rpc_server import CometRpcServer
 from dapi.logs import get_logger
+from dapi.runtime.tasks import TaskOwner
 
-__all__ = ["Devnet"]
+__all__ = ["SimulatedNetwork"]
 
 log = get_logger(__name__)
 
 
-class Devnet:
-    """A running devnet: `async with Devnet(block_time=0.02) as devnet: ...` (ports chosen by the OS).
+class SimulatedNetwork:
+    """A running devnet: `async with SimulatedNetwork(block_time=0.02) as devnet: ...` (ports chosen by the OS).
 
     Args:
         genesis: the network to simulate; None loads config/devnet.yaml (or the built-in defaults) with the
@@ -113,7 +114,7 @@ class Devnet:
             self._running.set()
         self._block_event = asyncio.Event()
         self._pause_at: int | None = None
-        self._block_task: asyncio.Task[None] | None = None
+        self._tasks = TaskOwner("devnet")
         self._crash: BaseException | None = None
         self._started = False
 
@@ -130,26 +131,17 @@ class Devnet:
         except BaseException:
             await self.stop()
             raise
-        self._block_task = asyncio.create_task(self._block_loop(), name="devnet-blocks")
-        self._block_task.add_done_callback(self._on_block_task_done)
+        self._tasks.spawn(self._block_loop(), "devnet-blocks").add_done_callback(self._on_block_task_done)
         log.info("devnet started", rpc=self.rpc_url, grpc=self.grpc_target, mlnodes=self.mlnode_url,
                  participants=len(self.genesis.participants), block_time=self.block_time)
 
     async def stop(self) -> None:
-        task, self._block_task = self._block_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # already logged by the done callback
-                pass
+        await self._tasks.stop()
         await self.rpc.stop()
         await self.grpc.stop()
         await self.mlnodes.stop()
 
-    async def __aenter__(self) -> Devnet:
+    async def __aenter__(self) -> SimulatedNetwork:
         await self.start()
         return self
 
@@ -160,9 +152,8 @@ class Devnet:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if exc is not None:  # the task owner has logged it
             self._crash = exc
-            log.error("devnet block production crashed", error=repr(exc), exc_info=exc)
             self._pulse()  # wake waiters so they see the crash instead of timing out
 
     # --- blocks ------------------------------------------------------------------------------------
