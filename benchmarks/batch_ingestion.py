@@ -18,8 +18,8 @@ import httpx
 
 from benchmarks.common import Result, now, raw_request
 from dapi.chain.outbox import Outbox
-from dapi.server.mlnode.app import create_mlnode_app
 from dapi.runtime.serving import EmbeddedServer
+from dapi.server.mlnode.app import create_mlnode_app
 
 ACCOUNT = "gonka1helduaxd0n4q3mp6w8f5vt8x2u6t9whf74jpwe"
 

@@ -19,8 +19,8 @@ from starlette.responses import Response
 from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.params_pb2 import Decimal
-from dapi.server.public.app import create_public_app, render_models, render_pricing
 from dapi.runtime.serving import EmbeddedServer
+from dapi.server.public.app import create_public_app, render_models, render_pricing
 
 
 def ten_models() -> tuple[Model, ...]:

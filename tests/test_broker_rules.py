@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from dapi.runtime.backoff import capped_delay
 from dapi.broker.rules import (
     ModelChoice,
     choose_inference_model,
@@ -25,6 +24,7 @@ from dapi.config import ModelArgs, NodeConfig
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
 from dapi.gen.inference.inference.hardware_node_pb2 import Hardware, HardwareNode
 from dapi.gen.inference.inference.model_pb2 import Model
+from dapi.runtime.backoff import capped_delay
 
 ALL_PHASES = list(Phase)
 POC_PHASES = [p for p in Phase if p is not Phase.INFERENCE]
