@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DAPI_"
@@ -62,14 +62,42 @@ class ChainNodeConfig(_Section):
         value = value.strip().rstrip("/")
         if not value:
             raise ValueError("must not be empty")
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() == "tcp":
+            # CometBFT's own address form; the Go client reads it as plain HTTP, and so do we.
+            value = f"http://{rest}"
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL of the CometBFT RPC (got {value!r})")
+            raise ValueError("must be an http(s) (or tcp) URL of the CometBFT RPC")
         return value
 
 
 class ModelArgs(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """One model entry of a node: local vLLM arguments.
+
+    Keys are matched case-insensitively, as the Go daemon's decoder does: its config rewrite stores
+    them under the Go field name (``Args``), and those arguments must survive the switch. Any other
+    key is a mistake that would silently lose arguments, so it fails naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid")
     args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_case_insensitive(cls, value: Any) -> Any:
+        if value is None:
+            return {"args": []}
+        if not isinstance(value, dict):
+            return value
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key.lower() != "args":
+                raise ValueError(f"unknown key {key!r} in a model entry (the only key is 'args')")
+            item = [] if item is None else item
+            if "args" in found and found["args"] != item:
+                raise ValueError(f"{key!r} and another spelling of 'args' disagree in one model entry")
+            found["args"] = item
+        return found
 
 
 class Hardware(BaseModel):
@@ -148,12 +176,12 @@ class OutboxConfig(_Section):
 
 
 class Config(_Section):
-    api: ApiConfig = Field(default_factory=ApiConfig)
+    api: ApiConfig = Field(default_factory=lambda: ApiConfig.model_validate({}))
     chain_node: ChainNodeConfig
     nodes: list[NodeConfig] = Field(default_factory=list)
     data_dir: str = "~/.dapi"
-    broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
+    outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig.model_validate({}))
     merged_node_config: bool = False
 
     @field_validator("nodes", mode="before")
