@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from broker_fakes import MODEL_A, MODEL_B, FakeChain, gov_model, make_broker
 from dapi.broker import Broker
 from dapi.chain.errors import ChainUnavailable
 from dapi.node_store import NodeStore
+from dapi.runtime.serving import start_server
 from dapi.server.admin.app import create_admin_app
 
 NODE: dict[str, Any] = {"id": "node1", "host": "10.0.0.5", "inference_port": 5000, "poc_port": 8080,
@@ -126,3 +128,30 @@ async def test_bearer_token_when_configured(tmp_path: Path) -> None:
         assert wrong.status_code == 401 and wrong.json() == {"error": "Authorization is required"}
         right = await client.get("/admin/v1/nodes", headers={"Authorization": "Bearer s3cret"})
         assert right.status_code == 200
+
+
+async def test_bearer_scheme_is_case_insensitive_and_the_token_compared_in_constant_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    real_compare = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    broker = make_broker(FakeChain([gov_model(MODEL_A)]), tmp_path)
+    app = create_admin_app(broker=broker, store=NodeStore(tmp_path / "nodes.json"), token="s3cret")
+    server = await start_server(app)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            for header in ("Bearer s3cret", "bearer s3cret", "BEARER s3cret", "bEaReR  s3cret"):
+                response = await client.get("/admin/v1/nodes", headers={"Authorization": header})
+                assert response.status_code == 200, header
+            for header in ("Basic s3cret", "Bearer s3cre", "Bearer s3cret2", "Bearers3cret", "s3cret", "Bearer"):
+                response = await client.get("/admin/v1/nodes", headers={"Authorization": header})
+                assert response.status_code == 401, header
+    finally:
+        await server.stop()
+    # Every check went through the constant-time comparison, with the configured token.
+    assert len(compared) == 10 and all(b == b"s3cret" for _, b in compared)

@@ -7,6 +7,7 @@ message naming the problem, never 500.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -152,11 +153,21 @@ async def read_json_body(request: Request) -> Any:
 
 
 def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
+    """``Authorization: Bearer <token>`` when a token is set; the scheme name in any case (RFC 7235).
+
+    The token is compared in constant time, so the answer's timing says nothing about how much of a
+    guess was right.
+    """
+    expected = token.encode()
+
     async def check(request: Request) -> None:
         if not token:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {token}":
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        # Header values arrive as latin-1 text; their bytes are what the client sent.
+        given = credentials.lstrip(" ").encode("latin-1")
+        matches = hmac.compare_digest(given, expected)
+        if scheme.lower() != "bearer" or not matches:
             raise ApiError(401, "Authorization is required")
 
     return check
