@@ -7,8 +7,10 @@ Everything else in the package receives a typed ``Config``; nothing else reads t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,45 @@ ENV_PREFIX = "DAPI_"
 _NON_KEY_ENV = frozenset({"DAPI_SIGNER_KEY", "DAPI_LOG_FORMAT", "DAPI_LOG_LEVEL"})
 
 DEFAULT_ML_BODY_LIMIT = 64 * 1024 * 1024
+
+
+# Node ids the admin API accepts: safe to log, show and put in a URL path.
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NODE_ID_MAX_LENGTH = 128
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_host(value: str) -> str:
+    """A host name (RFC 1123 labels; ``_`` allowed, as container names use it) or an IP address.
+
+    An IPv6 address may be written bare or in brackets; the URLs built from it get the brackets.
+    """
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else None
+    if inner is not None:
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address in brackets") from None
+        if "%" in inner:
+            raise ValueError("an IPv6 zone index cannot be used in a URL")
+        return value
+    if "%" not in value:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+    name = value.removesuffix(".")
+    labels = name.split(".")
+    if (not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):  # an all-numeric last label is a broken IPv4 address, not a name
+        raise ValueError("must be a host name or an IP address")
+    return value
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class ConfigError(ValueError):
@@ -112,10 +153,10 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str = Field(min_length=1, pattern=r"\S")
-    host: str = Field(min_length=1)
-    inference_port: int = Field(ge=0, le=65535)
+    host: str = Field(min_length=1, description="Host name or IP address of the ML node")
+    inference_port: int = Field(ge=1, le=65535)
     inference_segment: str = ""
-    poc_port: int = Field(ge=0, le=65535)
+    poc_port: int = Field(ge=1, le=65535)
     poc_segment: str = ""
     max_concurrent: int = Field(500, ge=0)
     models: dict[str, ModelArgs] = Field(default_factory=dict)
@@ -128,6 +169,11 @@ class NodeConfig(BaseModel):
         if not value.strip():
             raise ValueError("node id must not be empty")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_shape(cls, value: str) -> str:
+        return check_host(value)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -152,11 +198,29 @@ class NodeConfig(BaseModel):
 
     @property
     def poc_url(self) -> str:
-        return f"http://{self.host}:{self.poc_port}{self.poc_segment}"
+        return f"http://{_url_host(self.host)}:{self.poc_port}{self.poc_segment}"
 
     @property
     def inference_url(self) -> str:
-        return f"http://{self.host}:{self.inference_port}{self.inference_segment}"
+        return f"http://{_url_host(self.host)}:{self.inference_port}{self.inference_segment}"
+
+
+class StrictHardware(Hardware):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StrictNodeConfig(NodeConfig):
+    """A node as the admin API takes it, in JSON.
+
+    Types are as strict as the Go daemon's JSON decoding (``"1"``, ``1.0`` or ``true`` is not a port),
+    and the id is limited to a length and characters that are safe to log, show and use in a path.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str = Field(min_length=1, max_length=NODE_ID_MAX_LENGTH, pattern=NODE_ID_PATTERN,
+                    description="Letters, digits, '.', '_' and '-', starting with a letter or digit; at most 128")
+    hardware: list[StrictHardware] = Field(default_factory=list)  # type: ignore[assignment]  # a narrower item type
 
 
 class BrokerConfig(_Section):

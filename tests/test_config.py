@@ -330,6 +330,16 @@ def test_node_config_path_duplicate_with_file_is_fatal(tmp_path: Path) -> None:
             {},
             r"^nodes\[0\]\.id: is required",
         ),
+        (
+            "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: 'http://h', inference_port: 1, poc_port: 2}\n",
+            {},
+            r"^nodes\[0\]\.host: must be a host name or an IP address \(got 'http://h'\)",
+        ),
+        (
+            "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: h, inference_port: 1, poc_port: 0}\n",
+            {},
+            r"^nodes\[0\]\.poc_port: ",
+        ),
         ("- just\n- a list\n", {}, r"top level must be a mapping"),
         ("chain_node: {url: [\n", {}, r"not valid YAML at line"),
     ],
@@ -340,6 +350,13 @@ def test_bad_config_fails_with_one_line_naming_the_key(
     with pytest.raises(ConfigError, match=expected) as info:
         load_config(write(tmp_path, text), env=env)
     assert "\n" not in str(info.value)
+
+
+def test_yaml_numbers_in_quotes_load_as_the_go_decoder_reads_them(tmp_path: Path) -> None:
+    # The Go daemon's YAML decoding is weakly typed ("5000" is a port there); only its JSON is strict.
+    text = "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: h, inference_port: '5000', poc_port: '8080'}\n"
+    node = load_config(write(tmp_path, text), env={}).nodes[0]
+    assert (node.inference_port, node.poc_port) == (5000, 8080)
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -155,3 +155,74 @@ async def test_bearer_scheme_is_case_insensitive_and_the_token_compared_in_const
         await server.stop()
     # Every check went through the constant-time comparison, with the configured token.
     assert len(compared) == 10 and all(b == b"s3cret" for _, b in compared)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Broker, httpx.AsyncClient]]:
+    """The admin app behind a real server on loopback."""
+    broker = make_broker(FakeChain([gov_model(MODEL_A), gov_model(MODEL_B)]), tmp_path)
+    await broker.start()
+    server = await start_server(create_admin_app(broker=broker, store=NodeStore(tmp_path / "nodes.json")))
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            yield broker, client
+    finally:
+        await server.stop()
+        await broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"id": "../../etc/passwd"}, "id"),
+        ({"id": "n" * 100_000}, "id"),
+        ({"id": "node\u202e1"}, "id"),
+        ({"id": "node\x001"}, "id"),
+        ({"id": "node 1"}, "id"),
+        ({"id": "-node1"}, "id"),
+        ({"id": "n" * 129}, "id"),
+        ({"host": "http://10.0.0.5"}, "host"),
+        ({"host": "10.0.0.5/v1"}, "host"),
+        ({"host": "bad host"}, "host"),
+        ({"host": "10.0.0.300"}, "host"),
+        ({"host": ""}, "host"),
+        ({"inference_port": "5000"}, "inference_port"),
+        ({"inference_port": True}, "inference_port"),
+        ({"inference_port": 5000.0}, "inference_port"),
+        ({"poc_port": 0}, "poc_port"),
+        ({"poc_port": 65536}, "poc_port"),
+        ({"poc_port": "1"}, "poc_port"),
+        ({"max_concurrent": "500"}, "max_concurrent"),
+        ({"hardware": [{"type": "H100", "count": "8"}]}, "hardware"),
+        ({"hardware": [{"type": "H100", "count": True}]}, "hardware"),
+    ],
+)
+async def test_bad_node_fields_are_400_naming_the_field(served: tuple[Broker, httpx.AsyncClient],
+                                                        change: dict[str, Any], field: str) -> None:
+    broker, client = served
+    for path, body in (("/admin/v1/nodes", {**NODE, **change}), ("/admin/v1/nodes/batch", [{**NODE, **change}])):
+        response = await client.post(path, json=body)
+        assert response.status_code == 400, (path, response.text[:200])
+        assert field in response.json()["error"]
+    assert broker.nodes() == []
+
+
+@pytest.mark.parametrize(("node_id", "host"), [("node-1.gpu_a", "10.0.0.5"), ("N1", "gpu-01.example.com"),
+                                               ("n" * 128, "::1"), ("7", "[fd00::5]"), ("a.b", "ml_node_1")])
+async def test_reasonable_ids_and_hosts_are_accepted(served: tuple[Broker, httpx.AsyncClient],
+                                                      node_id: str, host: str) -> None:
+    _, client = served
+    response = await client.post("/admin/v1/nodes", json={**NODE, "id": node_id, "host": host})
+    assert response.status_code == 200, response.text
+    assert (await client.post(f"/admin/v1/nodes/{node_id}/disable")).status_code == 200
+    assert (await client.delete(f"/admin/v1/nodes/{node_id}")).json() is True
+
+
+@pytest.mark.parametrize("node_id", ["%E2%80%AE", "a%00b", "n" * 129, "a%20b", "%2E%2E", ".hidden", "-x"])
+async def test_bad_node_ids_in_paths_are_400(served: tuple[Broker, httpx.AsyncClient], node_id: str) -> None:
+    _, client = served
+    for method, path in (("DELETE", f"/admin/v1/nodes/{node_id}"), ("POST", f"/admin/v1/nodes/{node_id}/enable"),
+                         ("POST", f"/admin/v1/nodes/{node_id}/disable")):
+        response = await client.request(method, path)
+        assert response.status_code == 400, (method, path)
+        assert "node_id" in response.json()["error"]

@@ -173,5 +173,19 @@ def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
+def path_int(name: str, text: str, *, maximum: int = 2**63 - 1, problem: str = "") -> int:
+    """A non-negative integer path parameter, in ASCII digits only.
+
+    ``int()`` alone also takes ``"+80"``, ``"8_0"``, ``" 80"`` and the digits of other scripts (Arabic-Indic,
+    full-width); none of them is a number in a URL. ``problem`` prefixes the message.
+    """
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(maximum)) or int(digits) > maximum:
+        shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+        prefix = f"{problem}: " if problem else ""
+        raise ApiError(400, f"{prefix}{name} must be an integer 0..{maximum} in ASCII digits (got {shown})")
+    return int(digits)
+
+
 def json_bytes(document: Any) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
