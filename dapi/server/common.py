@@ -150,6 +150,8 @@ async def read_json_body(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not acceptable JSON: nested too deeply") from None
 
 
 def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
