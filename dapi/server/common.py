@@ -24,7 +24,7 @@ from dapi.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ApiError", "BodyLimit", "error_responses", "go_json", "install_error_handlers", "json_bytes"]
+__all__ = ["ApiError", "BodyLimit", "HeadAsGet", "error_responses", "go_json", "install_error_handlers", "json_bytes"]
 
 
 class ApiError(Exception):
@@ -55,8 +55,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": descriptions.get(s, "Error")} for s in statuses}
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -77,7 +77,7 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail), exc.headers)  # 405 keeps its Allow header
 
     async def invalid(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -140,6 +140,29 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` on any route answers as ``GET`` would, without the body.
+
+    Health checks and load balancers probe with HEAD. Handling it here, once, keeps the routes (and
+    the OpenAPI documents) to the GETs they are; headers, Content-Length included, are the GET's.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
 
 
 async def read_json_body(request: Request) -> Any:

@@ -28,7 +28,7 @@ from dapi.chain.outbox import DeadLetter, OutboxClosed, OutboxRow
 from dapi.config import NODE_ID_MAX_LENGTH, NODE_ID_PATTERN, NodeConfig, StrictNodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
-from dapi.server.common import bearer_auth, error_responses, install_error_handlers, json_bytes
+from dapi.server.common import HeadAsGet, bearer_auth, error_responses, install_error_handlers, json_bytes
 
 log = get_logger(__name__)
 
@@ -174,4 +174,5 @@ def create_admin_app(*, broker: NodeBroker, store: NodeStore, outbox: OutboxView
             {"id": d.id, "type_url": d.type_url, "stage": d.stage, "code": d.code, "codespace": d.codespace,
              "log": d.log, "tx_hash": d.tx_hash, "attempts": d.attempts, "failed_at": d.failed_at} for d in rows]})
 
+    app.add_middleware(HeadAsGet)
     return app

@@ -22,7 +22,7 @@ from dapi.chain.outbox import OutboxClosed, TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
-from dapi.server.common import ApiError, BodyLimit, error_responses, install_error_handlers, read_json_body
+from dapi.server.common import ApiError, BodyLimit, HeadAsGet, error_responses, install_error_handlers, read_json_body
 
 log = get_logger(__name__)
 
@@ -241,4 +241,5 @@ def create_mlnode_app(
                           openapi_extra=validated_doc, responses={200: {"description": "Durably queued"}, **errors},
                           summary="Submit a validated PoC batch", response_class=Response)
     app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(HeadAsGet)
     return app

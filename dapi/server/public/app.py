@@ -21,7 +21,15 @@ from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatchesWithParticipants
 from dapi.metrics import Metrics
-from dapi.server.common import ApiError, error_responses, go_json, install_error_handlers, json_bytes, path_int
+from dapi.server.common import (
+    ApiError,
+    HeadAsGet,
+    error_responses,
+    go_json,
+    install_error_handlers,
+    json_bytes,
+    path_int,
+)
 
 JSON = "application/json"
 
@@ -281,4 +289,5 @@ def create_public_app(
             before_metrics()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(HeadAsGet)
     return app
