@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DAPI_"
 # DAPI_* variables that are not config keys: secrets and process settings, never written into the model.
@@ -247,6 +247,8 @@ class Config(_Section):
     broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
     outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig.model_validate({}))
     merged_node_config: bool = False
+    # The file this config was read from, if that file itself holds api.admin_token (set by load_config).
+    _token_file: Path | None = PrivateAttr(default=None)
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -265,6 +267,16 @@ class Config(_Section):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
+
+    def secret_files(self) -> list[tuple[str, Path]]:
+        """The files holding a secret, with what they hold: the signer key file, and the config file
+        when the admin token is written in it (not when it comes from the environment)."""
+        files: list[tuple[str, Path]] = []
+        if self.chain_node.signer_key_file:
+            files.append(("signer key", Path(self.chain_node.signer_key_file).expanduser()))
+        if self._token_file is not None:
+            files.append(("api.admin_token", self._token_file))
+        return files
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -335,6 +347,7 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     base_dir: Path | None = None
+    token_file: Path | None = None
     if path is not None:
         file = Path(path)
         try:
@@ -353,11 +366,15 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
             raise ConfigError(f"config file {file}: the top level must be a mapping of sections")
         raw = loaded
         base_dir = file.resolve().parent
+        api = raw.get("api")
+        token_file = file if isinstance(api, dict) and api.get("admin_token") else None
     apply_env_overrides(raw, env)
     node_config_path = env.get("NODE_CONFIG_PATH")
     if node_config_path and not raw.get("merged_node_config"):
         _merge_node_config_file(raw, node_config_path)
-    return parse_config(raw, base_dir=base_dir)
+    config = parse_config(raw, base_dir=base_dir)
+    config._token_file = token_file
+    return config
 
 
 def signer_secret(config: Config, env: Mapping[str, str] | None = None) -> str | None:

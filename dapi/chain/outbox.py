@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,6 +43,7 @@ from dapi.config import OutboxConfig
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.runtime.backoff import Backoff, capped_delay
+from dapi.runtime.files import private_dir, private_file
 from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
@@ -129,7 +131,14 @@ class OutboxStore:
     """Synchronous sqlite access; only ever called on the outbox's own thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        # Pending transactions are the daemon's alone. SQLite creates the -wal and -shm files with the
+        # database file's mode, so making the database 0600 before it is opened covers all three;
+        # leftovers of an older run are tightened too.
+        private_file(path)
+        for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if extra.exists():
+                private_file(extra)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before submit() returns, so even power loss keeps answered batches.
@@ -235,7 +244,7 @@ class Outbox:
         self.path = path
         self.broadcaster = broadcaster
         self._signer_factory = signer_factory
-        self.settings = settings or OutboxConfig()
+        self.settings = settings or OutboxConfig.model_validate({})
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
         self._store: OutboxStore | None = None
@@ -367,9 +376,12 @@ class Outbox:
                 self._in_flight.add(row_id)
                 send = self._send_one(limiter, row_id, type_url, body, attempts)
                 task = self._sends.spawn(send, f"outbox-send-{row_id}")
-                task.add_done_callback(lambda _t, r=row_id: self._sent_done(r))
+                task.add_done_callback(functools.partial(self._sent_done_callback, row_id))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+
+    def _sent_done_callback(self, row_id: int, _task: asyncio.Task[None]) -> None:
+        self._sent_done(row_id)
 
     def _sent_done(self, row_id: int) -> None:
         self._in_flight.discard(row_id)
