@@ -83,6 +83,9 @@ class ApiConfig(_Section):
     admin_bind_host: str = "127.0.0.1"
     admin_token: str = ""
     ml_body_limit: int = Field(DEFAULT_ML_BODY_LIMIT, gt=0)
+    # Per server: seconds a request's headers and body may take to arrive, and open connections.
+    request_read_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(1000, gt=0)
 
     @field_validator("poc_callback_url", "public_url")
     @classmethod

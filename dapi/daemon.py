@@ -39,7 +39,7 @@ from dapi.poc.seeds import SeedManager
 from dapi.poc.validation import BatchValidator
 from dapi.runtime.backoff import Backoff
 from dapi.runtime.files import private_dir, readable_by_others
-from dapi.runtime.serving import EmbeddedServer, bind_socket
+from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
@@ -218,9 +218,10 @@ class Daemon:
                                account_address=self.identity.account_address, metrics=self.metrics,
                                body_limit=api.ml_body_limit)
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
+        limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):
-            server = EmbeddedServer(app, host=host, sock=sockets.pop(name))
+            server = EmbeddedServer(app, host=host, sock=sockets.pop(name), limits=limits)
             await server.start()
             self.servers[name] = server
 

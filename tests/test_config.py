@@ -179,6 +179,7 @@ def test_reference_config_loads_and_keeps_its_values(tmp_path: Path) -> None:
     assert node.hardware[0].type == "A100" and node.hardware[0].count == 1
     # Defaults of what the reference config does not say.
     assert config.api.admin_bind_host == "127.0.0.1"
+    assert (config.api.request_read_timeout, config.api.max_connections) == (30.0, 1000)
     assert config.chain_node.chain_id == "gonka-mainnet"
 
 

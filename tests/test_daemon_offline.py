@@ -1,11 +1,13 @@
 """The real daemon started from a config file against a chain node that is not there.
 
 What an operator sees before the chain answers: its files are private, secrets lying around readable
-are pointed out, and its servers answer (HEAD included).
+are pointed out, and its servers answer (HEAD included) within the connection limits of the config.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import socket
 import stat
@@ -17,9 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from waiting import wait_for
 
 from dapi.config import Config, load_config
 from dapi.daemon import Daemon, resolve_identity
+from dapi.runtime.serving import EmbeddedServer
 
 SIGNER_HEX = "a6703374c8c14829bccb1eb13ecdb1ae7703d9e8b3e0a7f44b94bdfcebb0be32"
 
@@ -137,3 +141,29 @@ async def test_health_checks_with_head(tmp_path: Path, running: list[Daemon],
         head = await client.head("/v1/status")
         assert (head.status_code, head.content) == (200, b"")
         assert head.headers["content-type"] == "application/json"
+
+
+def three_open(server: EmbeddedServer) -> bool:
+    return server.open_connections == 3
+
+
+async def test_connection_limits_from_the_config_hold_on_each_server(tmp_path: Path, running: list[Daemon],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DAPI_SIGNER_KEY", raising=False)
+    setup = write_setup(tmp_path, extra_api="  request_read_timeout: 0.3\n  max_connections: 3")
+    config = load_config(setup.config_path, env={})
+    assert (config.api.request_read_timeout, config.api.max_connections) == (0.3, 3)
+    daemon = await started(config)
+    running.append(daemon)
+    for name in ("public", "ml", "admin"):
+        server = daemon.servers[name]
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+        await wait_for(functools.partial(three_open, server), what=f"{name}: three connections open")
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        refused = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503 "), name
+        # The held ones never send a request: each is answered 408 and closed once its time is up.
+        for reader, writer in held:
+            assert (await asyncio.wait_for(reader.read(), 30)).startswith(b"HTTP/1.1 408 "), name
+            writer.close()

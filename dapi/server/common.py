@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -83,6 +84,11 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
         assert isinstance(exc, RequestValidationError)
         return error_response(400, _validation_message(exc))
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # The client closed (or was closed for being too slow) before its body arrived: nobody to answer.
+        log.info("client disconnected before its request arrived", path=request.url.path)
+        return error_response(400, "client disconnected before the request body arrived")
+
     async def crashed(request: Request, exc: Exception) -> Response:
         log.exception("request failed", path=request.url.path, exc_info=exc)
         return error_response(500, "internal error")
@@ -90,6 +96,7 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ClientDisconnect, gone)
     for exc_type, status in (domain or {}).items():
 
         def mapped(_: Request, exc: Exception, status: int = status) -> Response:
