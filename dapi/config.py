@@ -7,20 +7,61 @@ Everything else in the package receives a typed ``Config``; nothing else reads t
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import yaml  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DAPI_"
 # DAPI_* variables that are not config keys: secrets and process settings, never written into the model.
 _NON_KEY_ENV = frozenset({"DAPI_SIGNER_KEY", "DAPI_LOG_FORMAT", "DAPI_LOG_LEVEL"})
 
 DEFAULT_ML_BODY_LIMIT = 64 * 1024 * 1024
+
+
+# Node ids the admin API accepts: safe to log, show and put in a URL path.
+NODE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NODE_ID_MAX_LENGTH = 128
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_host(value: str) -> str:
+    """A host name (RFC 1123 labels; ``_`` allowed, as container names use it) or an IP address.
+
+    An IPv6 address may be written bare or in brackets; the URLs built from it get the brackets.
+    """
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else None
+    if inner is not None:
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv6 address in brackets") from None
+        if "%" in inner:
+            raise ValueError("an IPv6 zone index cannot be used in a URL")
+        return value
+    if "%" not in value:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+    name = value.removesuffix(".")
+    labels = name.split(".")
+    if (not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):  # an all-numeric last label is a broken IPv4 address, not a name
+        raise ValueError("must be a host name or an IP address")
+    return value
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class ConfigError(ValueError):
@@ -44,6 +85,9 @@ class ApiConfig(_Section):
     admin_bind_host: str = "127.0.0.1"
     admin_token: str = ""
     ml_body_limit: int = Field(DEFAULT_ML_BODY_LIMIT, gt=0)
+    # Per server: seconds a request's headers and body may take to arrive, and open connections.
+    request_read_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(1000, gt=0)
 
     @field_validator("poc_callback_url", "public_url")
     @classmethod
@@ -66,16 +110,42 @@ class ChainNodeConfig(_Section):
         value = value.strip().rstrip("/")
         if not value:
             raise ValueError("must not be empty")
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme.lower() == "tcp":
+            # CometBFT's own address form; the Go client reads it as plain HTTP, and so do we.
+            value = f"http://{rest}"
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL of the CometBFT RPC (got {value!r})")
+            raise ValueError("must be an http(s) (or tcp) URL of the CometBFT RPC")
         return value
 
 
 class ModelArgs(BaseModel):
-    """Extra arguments the ML node passes to vLLM when it serves this model."""
+    """One model entry of a node: local vLLM arguments.
 
-    model_config = ConfigDict(extra="ignore")
+    Keys are matched case-insensitively, as the Go daemon's decoder does: its config rewrite stores
+    them under the Go field name (``Args``), and those arguments must survive the switch. Any other
+    key is a mistake that would silently lose arguments, so it fails naming the key.
+    """
+
+    model_config = ConfigDict(extra="forbid")
     args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_case_insensitive(cls, value: Any) -> Any:
+        if value is None:
+            return {"args": []}
+        if not isinstance(value, dict):
+            return value
+        found: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key.lower() != "args":
+                raise ValueError(f"unknown key {key!r} in a model entry (the only key is 'args')")
+            item = [] if item is None else item
+            if "args" in found and found["args"] != item:
+                raise ValueError(f"{key!r} and another spelling of 'args' disagree in one model entry")
+            found["args"] = item
+        return found
 
 
 class Hardware(BaseModel):
@@ -92,10 +162,10 @@ class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     id: str = Field(min_length=1, pattern=r"\S")
-    host: str = Field(min_length=1)
-    inference_port: int = Field(ge=0, le=65535)
+    host: str = Field(min_length=1, description="Host name or IP address of the ML node")
+    inference_port: int = Field(ge=1, le=65535)
     inference_segment: str = ""
-    poc_port: int = Field(ge=0, le=65535)
+    poc_port: int = Field(ge=1, le=65535)
     poc_segment: str = ""
     max_concurrent: int = Field(500, ge=0)
     models: dict[str, ModelArgs] = Field(default_factory=dict)
@@ -108,6 +178,11 @@ class NodeConfig(BaseModel):
         if not value.strip():
             raise ValueError("node id must not be empty")
         return value
+
+    @field_validator("host")
+    @classmethod
+    def _host_shape(cls, value: str) -> str:
+        return check_host(value)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -132,11 +207,29 @@ class NodeConfig(BaseModel):
 
     @property
     def poc_url(self) -> str:
-        return f"http://{self.host}:{self.poc_port}{self.poc_segment}"
+        return f"http://{_url_host(self.host)}:{self.poc_port}{self.poc_segment}"
 
     @property
     def inference_url(self) -> str:
-        return f"http://{self.host}:{self.inference_port}{self.inference_segment}"
+        return f"http://{_url_host(self.host)}:{self.inference_port}{self.inference_segment}"
+
+
+class StrictHardware(Hardware):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StrictNodeConfig(NodeConfig):
+    """A node as the admin API takes it, in JSON.
+
+    Types are as strict as the Go daemon's JSON decoding (``"1"``, ``1.0`` or ``true`` is not a port),
+    and the id is limited to a length and characters that are safe to log, show and use in a path.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: str = Field(min_length=1, max_length=NODE_ID_MAX_LENGTH, pattern=NODE_ID_PATTERN,
+                    description="Letters, digits, '.', '_' and '-', starting with a letter or digit; at most 128")
+    hardware: list[StrictHardware] = Field(default_factory=list)  # type: ignore[assignment]  # a narrower item type
 
 
 class BrokerConfig(_Section):
@@ -166,9 +259,11 @@ class Config(_Section):
     chain_node: ChainNodeConfig
     nodes: list[NodeConfig] = Field(default_factory=list)
     data_dir: str = "~/.dapi"
-    broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    broker: BrokerConfig = Field(default_factory=lambda: BrokerConfig.model_validate({}))
+    outbox: OutboxConfig = Field(default_factory=lambda: OutboxConfig.model_validate({}))
     merged_node_config: bool = False
+    # The file this config was read from, if that file itself holds api.admin_token (set by load_config).
+    _token_file: Path | None = PrivateAttr(default=None)
 
     @field_validator("nodes", mode="before")
     @classmethod
@@ -187,6 +282,16 @@ class Config(_Section):
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).expanduser()
+
+    def secret_files(self) -> list[tuple[str, Path]]:
+        """The files holding a secret, with what they hold: the signer key file, and the config file
+        when the admin token is written in it (not when it comes from the environment)."""
+        files: list[tuple[str, Path]] = []
+        if self.chain_node.signer_key_file:
+            files.append(("signer key", Path(self.chain_node.signer_key_file).expanduser()))
+        if self._token_file is not None:
+            files.append(("api.admin_token", self._token_file))
+        return files
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -257,6 +362,7 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     base_dir: Path | None = None
+    token_file: Path | None = None
     if path is not None:
         file = Path(path)
         try:
@@ -275,11 +381,15 @@ def load_config(path: str | os.PathLike[str] | None, env: Mapping[str, str] | No
             raise ConfigError(f"config file {file}: the top level must be a mapping of sections")
         raw = loaded
         base_dir = file.resolve().parent
+        api = raw.get("api")
+        token_file = file if isinstance(api, dict) and api.get("admin_token") else None
     apply_env_overrides(raw, env)
     node_config_path = env.get("NODE_CONFIG_PATH")
     if node_config_path and not raw.get("merged_node_config"):
         _merge_node_config_file(raw, node_config_path)
-    return parse_config(raw, base_dir=base_dir)
+    config = parse_config(raw, base_dir=base_dir)
+    config._token_file = token_file
+    return config
 
 
 def signer_secret(config: Config, env: Mapping[str, str] | None = None) -> str | None:

@@ -39,7 +39,8 @@ from dapi.node_store import NodeStore
 from dapi.poc.seeds import SeedManager
 from dapi.poc.validation import BatchValidator
 from dapi.runtime.backoff import Backoff
-from dapi.runtime.serving import EmbeddedServer, bind_socket
+from dapi.runtime.files import private_dir, readable_by_others
+from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
@@ -87,6 +88,14 @@ def resolve_identity(config: Config) -> Identity:
     else:
         raise ConfigError("chain_node.account_public_key: required (or a signer key, which then is the account)")
     return Identity(address_from_public_key(account_key), account_key, signer)
+
+
+def warn_about_readable_secrets(config: Config) -> None:
+    """One warning line per file holding a secret that group or others can read."""
+    for holds, path in config.secret_files():
+        if readable_by_others(path):
+            log.warning("file holding a secret is readable by group or others; chmod 600 it",
+                        file=str(path), holds=holds)
 
 
 @dataclass
@@ -155,9 +164,10 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         sockets = self._bind()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         log.info("starting", version=__version__, account=self.identity.account_address,
                  read_only=self.identity.read_only, chain=cfg.chain_node.url, data_dir=str(self.data_dir))
+        warn_about_readable_secrets(cfg)
         if self.identity.read_only:
             log.warning("no signer key (DAPI_SIGNER_KEY or chain_node.signer_key_file): read-only, "
                         "no transactions will be sent")
@@ -219,9 +229,10 @@ class Daemon:
                                account_address=self.identity.account_address, metrics=self.metrics,
                                body_limit=api.ml_body_limit)
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
+        limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):
-            server = EmbeddedServer(app, host=host, sock=sockets.pop(name))
+            server = EmbeddedServer(app, host=host, sock=sockets.pop(name), limits=limits)
             await server.start()
             self.servers[name] = server
 

@@ -61,6 +61,107 @@ bandwidth_params: {estimated_limits_per_block_kb: 21504, kb_per_input_token: 0.0
 """
 
 
+# The same kind of config after the Go daemon has run once: it rewrites the file at every start from its
+# structs (koanf's struct provider, then yaml.v3: sorted keys, 4-space indent). Struct fields without a
+# koanf tag are written under their Go field name, so each model entry's args become "Args", and the
+# chain_node section gains "KeyringPassword". The Go decoder matches keys case-insensitively, so the Go
+# daemon reads this back unchanged.
+GO_REWRITTEN_CONFIG = """
+api:
+    admin_server_port: 9200
+    ml_grpc_callback_address: api-private:9300
+    ml_grpc_server_port: 9300
+    ml_server_port: 9100
+    poc_callback_url: http://api:9100
+    port: 8080
+    public_server_port: 9000
+    public_url: http://203.0.113.7:8000
+    test_mode: false
+bandwidth_params:
+    estimated_limits_per_block_kb: 21504
+    kb_per_input_token: 0.0023
+    kb_per_output_token: 0.64
+chain_node:
+    KeyringPassword: ""
+    account_public_key: A1s9FGLcFXdnPZcxYbcWjcFzIzOZCQeDZ8O2QmzOq/7a
+    is_genesis: false
+    keyring_backend: file
+    keyring_dir: /root/.inference
+    seed_api_url: http://seed:8000
+    signer_key_name: api-warm-key
+    url: http://node:26657
+current_height: 1204331
+current_node_version: v3.0.8
+current_seed:
+    claimed: false
+    epoch_index: 87
+    seed: 4915032891
+    signature: 9f2c
+merged_node_config: true
+ml_node_key_config:
+    worker_private: ""
+    worker_public: ""
+nats:
+    host: 0.0.0.0
+    port: 4222
+node_versions:
+    versions: []
+nodes:
+    - hardware:
+        - count: 8
+          type: H100
+      host: inference
+      id: node1
+      inference_port: 5000
+      inference_segment: /v3.0.8
+      max_concurrent: 500
+      models:
+        Qwen/Qwen2.5-7B-Instruct:
+            Args:
+                - --quantization
+                - fp8
+                - --gpu-memory-utilization
+                - "0.9"
+        Qwen/QwQ-32B:
+            Args: []
+      poc_port: 8080
+      poc_segment: ""
+      version: v3.0.8
+    - hardware: []
+      host: 10.0.0.6
+      id: node2
+      inference_port: 5000
+      inference_segment: ""
+      max_concurrent: 100
+      models:
+        Qwen/QwQ-32B:
+            Args:
+                - --kv-cache-dtype
+                - fp8
+      poc_port: 8080
+      poc_segment: ""
+      version: ""
+previous_seed:
+    claimed: true
+    epoch_index: 85
+    seed: 77
+    signature: 01ab
+upcoming_seed:
+    claimed: false
+    epoch_index: 88
+    seed: 912
+    signature: c0de
+upgrade_plan:
+    binaries: {}
+    height: 0
+    name: ""
+validation_params:
+    expiration_blocks: 10
+    timestamp_advance: 10
+    timestamp_expiration: 10
+"""
+
+
 def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -78,7 +179,71 @@ def test_reference_config_loads_and_keeps_its_values(tmp_path: Path) -> None:
     assert node.hardware[0].type == "A100" and node.hardware[0].count == 1
     # Defaults of what the reference config does not say.
     assert config.api.admin_bind_host == "127.0.0.1"
+    assert (config.api.request_read_timeout, config.api.max_connections) == (30.0, 1000)
     assert config.chain_node.chain_id == "gonka-mainnet"
+
+
+def test_go_rewritten_config_keeps_every_nodes_model_args(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GO_REWRITTEN_CONFIG), env={})
+    node1, node2 = config.nodes
+    assert {k: v.args for k, v in node1.models.items()} == {
+        "Qwen/Qwen2.5-7B-Instruct": ["--quantization", "fp8", "--gpu-memory-utilization", "0.9"],
+        "Qwen/QwQ-32B": [],
+    }
+    assert node2.models["Qwen/QwQ-32B"].args == ["--kv-cache-dtype", "fp8"]
+    assert node1.inference_url == "http://inference:5000/v3.0.8"
+    assert (node1.hardware[0].type, node1.hardware[0].count) == ("H100", 8)
+    assert config.chain_node.url == "http://node:26657"
+    assert config.api.poc_callback_url == "http://api:9100"
+
+
+@pytest.mark.parametrize("spelling", ["args", "Args", "ARGS", "aRgS"])
+def test_model_entry_keys_are_case_insensitive(tmp_path: Path, spelling: str) -> None:
+    text = f"""
+chain_node: {{url: "http://node:26657"}}
+nodes:
+  - {{id: n1, host: h, inference_port: 5000, poc_port: 8080, models: {{m1: {{{spelling}: ["--tp", "2"]}}, m2: {{{spelling}: null}}}}}}
+"""
+    config = load_config(write(tmp_path, text), env={})
+    assert {k: v.args for k, v in config.nodes[0].models.items()} == {"m1": ["--tp", "2"], "m2": []}
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('{argz: ["--tp", "2"]}', r"^nodes\[0\]\.models\.org/m: unknown key 'argz' in a model entry"),
+        ('{args: ["--tp"], extra_args: ["2"]}', r"^nodes\[0\]\.models\.org/m: unknown key 'extra_args'"),
+        ('{args: ["--tp", "2"], Args: ["--tp", "4"]}', r"^nodes\[0\]\.models\.org/m: 'Args' and another spelling"),
+    ],
+)
+def test_unknown_key_in_a_model_entry_fails_naming_it(tmp_path: Path, entry: str, expected: str) -> None:
+    text = f"""
+chain_node: {{url: "http://node:26657"}}
+nodes:
+  - {{id: n1, host: h, inference_port: 5000, poc_port: 8080, models: {{"org/m": {entry}}}}}
+"""
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(write(tmp_path, text), env={})
+    assert "\n" not in str(info.value)
+
+
+def test_same_args_under_both_spellings_load(tmp_path: Path) -> None:
+    text = """
+chain_node: {url: "http://node:26657"}
+nodes:
+  - {id: n1, host: h, inference_port: 5000, poc_port: 8080, models: {m: {args: ["--tp", "2"], Args: ["--tp", "2"]}}}
+"""
+    assert load_config(write(tmp_path, text), env={}).nodes[0].models["m"].args == ["--tp", "2"]
+
+
+@pytest.mark.parametrize(("url", "expected"), [("tcp://node:26657", "http://node:26657"),
+                                               ("TCP://10.0.0.2:26657/", "http://10.0.0.2:26657"),
+                                               ("https://rpc.example.com", "https://rpc.example.com")])
+def test_tcp_chain_url_means_plain_http_as_the_go_client_reads_it(tmp_path: Path, url: str, expected: str) -> None:
+    config = load_config(write(tmp_path, f"chain_node: {{url: '{url}'}}\n"), env={})
+    assert config.chain_node.url == expected
+    config = load_config(write(tmp_path, "chain_node: {url: 'http://x:1'}\n"), env={"DAPI_CHAIN_NODE__URL": url})
+    assert config.chain_node.url == expected
 
 
 def test_shipped_example_configs_load() -> None:
@@ -166,6 +331,16 @@ def test_node_config_path_duplicate_with_file_is_fatal(tmp_path: Path) -> None:
             {},
             r"^nodes\[0\]\.id: is required",
         ),
+        (
+            "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: 'http://h', inference_port: 1, poc_port: 2}\n",
+            {},
+            r"^nodes\[0\]\.host: must be a host name or an IP address \(got 'http://h'\)",
+        ),
+        (
+            "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: h, inference_port: 1, poc_port: 0}\n",
+            {},
+            r"^nodes\[0\]\.poc_port: ",
+        ),
         ("- just\n- a list\n", {}, r"top level must be a mapping"),
         ("chain_node: {url: [\n", {}, r"not valid YAML at line"),
     ],
@@ -176,6 +351,13 @@ def test_bad_config_fails_with_one_line_naming_the_key(
     with pytest.raises(ConfigError, match=expected) as info:
         load_config(write(tmp_path, text), env=env)
     assert "\n" not in str(info.value)
+
+
+def test_yaml_numbers_in_quotes_load_as_the_go_decoder_reads_them(tmp_path: Path) -> None:
+    # The Go daemon's YAML decoding is weakly typed ("5000" is a port there); only its JSON is strict.
+    text = "chain_node: {url: 'http://n:1'}\nnodes:\n  - {id: a, host: h, inference_port: '5000', poc_port: '8080'}\n"
+    node = load_config(write(tmp_path, text), env={}).nodes[0]
+    assert (node.inference_port, node.poc_port) == (5000, 8080)
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

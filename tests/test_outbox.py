@@ -8,8 +8,10 @@ End-to-end delivery against the devnet chain is tested with the daemon.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +27,11 @@ from dapi.gen.cosmos.authz.v1beta1.tx_pb2 import MsgExec
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
 from dapi.metrics import Metrics
 
+MakeOutbox = Callable[..., Awaitable[Outbox]]
+
 ACCOUNT_KEY = SigningKey.from_hex("a6703374c8c14829bccb1eb13ecdb1ae7703d9e8b3e0a7f44b94bdfcebb0be32")
 SIGNER_KEY = SigningKey.from_hex("11" * 32)
-FAST = OutboxConfig(tx_timeout=0.3, poll_interval=0.02, retry_backoff_max=0.05)
+FAST = OutboxConfig.model_validate({"tx_timeout": 0.3, "poll_interval": 0.02, "retry_backoff_max": 0.05})
 
 
 @dataclass
@@ -136,7 +140,7 @@ async def make_outbox(tmp_path: Path) -> AsyncIterator[Callable[..., asyncio.Fut
         await outbox.stop()
 
 
-async def test_submit_returns_only_after_the_row_is_on_disk(make_outbox, tmp_path: Path) -> None:
+async def test_submit_returns_only_after_the_row_is_on_disk(make_outbox: MakeOutbox, tmp_path: Path) -> None:
     outbox = await make_outbox(None)  # read-only: nothing is sent, everything is kept
     row_id = await outbox.submit(batch("b-1"))
     with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
@@ -145,7 +149,7 @@ async def test_submit_returns_only_after_the_row_is_on_disk(make_outbox, tmp_pat
     assert MsgSubmitPocBatch.FromString(stored[1]) == batch("b-1")
 
 
-async def test_accepted_messages_are_sent_and_land(make_outbox) -> None:
+async def test_accepted_messages_are_sent_and_land(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain()
     outbox = await make_outbox(chain)
     ids = await asyncio.gather(*(outbox.submit(batch(f"b-{i}")) for i in range(20)))
@@ -157,7 +161,7 @@ async def test_accepted_messages_are_sent_and_land(make_outbox) -> None:
     assert tx.unordered and tx.sequence == 0 and tx.timeout_timestamp_ns is not None
 
 
-async def test_signer_other_than_account_wraps_in_msg_exec(make_outbox) -> None:
+async def test_signer_other_than_account_wraps_in_msg_exec(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain()
     outbox = await make_outbox(chain, key=SIGNER_KEY)
     await outbox.submit(batch("b-authz"))
@@ -165,10 +169,11 @@ async def test_signer_other_than_account_wraps_in_msg_exec(make_outbox) -> None:
     tx = decode_tx(chain.broadcasts[0])
     assert isinstance(tx.messages[0], MsgExec) and tx.messages[0].grantee == SIGNER_KEY.address
     inner = tx.effective_messages[0]
+    assert isinstance(inner.message, MsgSubmitPocBatch)
     assert inner.grantee == SIGNER_KEY.address and inner.message.creator == ACCOUNT_KEY.address
 
 
-async def test_retriable_rejection_is_retried_until_accepted(make_outbox) -> None:
+async def test_retriable_rejection_is_retried_until_accepted(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(checktx=[(20, "mempool is full"), (20, "mempool is full")])
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-retry"))
@@ -177,7 +182,7 @@ async def test_retriable_rejection_is_retried_until_accepted(make_outbox) -> Non
     assert [m.batch_id for m in chain.sent_messages()] == ["b-retry"] * 3
 
 
-async def test_transport_failure_is_retried(make_outbox) -> None:
+async def test_transport_failure_is_retried(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(unavailable=3)
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-down"))
@@ -185,7 +190,7 @@ async def test_transport_failure_is_retried(make_outbox) -> None:
     assert chain.unavailable == 0
 
 
-async def test_non_retriable_rejection_is_dead_lettered_with_code_and_log(make_outbox) -> None:
+async def test_non_retriable_rejection_is_dead_lettered_with_code_and_log(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(checktx=[(13, "insufficient fee")])
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-dead"))
@@ -198,14 +203,14 @@ async def test_non_retriable_rejection_is_dead_lettered_with_code_and_log(make_o
     assert outbox.metrics.tx_failures.labels(stage="checktx", code="13")._value.get() == 1
 
 
-async def test_already_in_mempool_is_observed_not_dead_lettered(make_outbox) -> None:
+async def test_already_in_mempool_is_observed_not_dead_lettered(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(checktx=[(19, "tx already in mempool")])
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-19"))
     await wait_counts(outbox, landed=1, dead=0)
 
 
-async def test_failure_inside_a_block_is_dead_lettered_not_landed(make_outbox) -> None:
+async def test_failure_inside_a_block_is_dead_lettered_not_landed(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(deliver_code=1107)
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-late"))
@@ -217,7 +222,7 @@ async def test_failure_inside_a_block_is_dead_lettered_not_landed(make_outbox) -
     assert len(chain.broadcasts) == 1
 
 
-async def test_tx_never_included_is_sent_again_after_its_timeout(make_outbox) -> None:
+async def test_tx_never_included_is_sent_again_after_its_timeout(make_outbox: MakeOutbox) -> None:
     chain = ScriptedChain(swallow=1)
     outbox = await make_outbox(chain)
     await outbox.submit(batch("b-lost"))
@@ -227,7 +232,7 @@ async def test_tx_never_included_is_sent_again_after_its_timeout(make_outbox) ->
     assert second.timeout_timestamp_ns > first.timeout_timestamp_ns  # type: ignore[operator]
 
 
-async def test_messages_survive_a_restart_and_are_sent_after_it(make_outbox) -> None:
+async def test_messages_survive_a_restart_and_are_sent_after_it(make_outbox: MakeOutbox) -> None:
     read_only = await make_outbox(None)
     for i in range(5):
         await read_only.submit(batch(f"b-{i}"))
@@ -238,14 +243,14 @@ async def test_messages_survive_a_restart_and_are_sent_after_it(make_outbox) -> 
     assert sorted(m.batch_id for m in chain.sent_messages()) == [f"b-{i}" for i in range(5)]
 
 
-async def test_a_stopped_outbox_refuses_new_messages(make_outbox) -> None:
+async def test_a_stopped_outbox_refuses_new_messages(make_outbox: MakeOutbox) -> None:
     outbox = await make_outbox(ScriptedChain())
     await outbox.stop()
     with pytest.raises(OutboxClosed):
         await outbox.submit(batch("late"))
 
 
-async def test_stop_commits_everything_already_accepted(make_outbox, tmp_path: Path) -> None:
+async def test_stop_commits_everything_already_accepted(make_outbox: MakeOutbox, tmp_path: Path) -> None:
     outbox = await make_outbox(None)
     pending = [asyncio.ensure_future(outbox.submit(batch(f"s-{i}", 1000))) for i in range(50)]
     await asyncio.sleep(0)
@@ -254,3 +259,41 @@ async def test_stop_commits_everything_already_accepted(make_outbox, tmp_path: P
     assert len(set(ids)) == 50
     with sqlite3.connect(tmp_path / "outbox.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 50
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    """The common default umask, which leaves new files readable by everyone."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_pending_transactions_are_private_to_the_daemons_user(tmp_path: Path, umask_022: None) -> None:
+    folder = tmp_path / "fresh" / "data"
+    outbox = Outbox(folder / "outbox.sqlite", broadcaster=None, signer_factory=None)
+    await outbox.open()
+    try:
+        await outbox.submit(batch("b-1"))
+        files = [folder / name for name in ("outbox.sqlite", "outbox.sqlite-wal", "outbox.sqlite-shm")]
+        assert all(f.exists() for f in files)  # WAL mode: all three hold pending transactions
+        assert mode(folder) == 0o700
+        assert {f.name: mode(f) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        await outbox.stop()
+
+
+async def test_an_older_world_readable_outbox_is_tightened(tmp_path: Path, umask_022: None) -> None:
+    path = tmp_path / "outbox.sqlite"
+    for name in ("outbox.sqlite", "outbox.sqlite-wal"):
+        (tmp_path / name).touch(mode=0o644)
+    outbox = Outbox(path, broadcaster=None, signer_factory=None)
+    await outbox.open()
+    try:
+        assert mode(path) == 0o600 and mode(tmp_path / "outbox.sqlite-wal") == 0o600
+    finally:
+        await outbox.stop()

@@ -11,17 +11,21 @@ from typing import Any
 import httpx
 import pytest
 
-from dapi.chain.keys import address_from_key_bytes
+from dapi.chain.keys import address_from_public_key
 from dapi.chain.outbox import Outbox
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.metrics import Metrics
+from dapi.runtime.serving import start_server
 from dapi.server.mlnode.app import create_mlnode_app
 
 ACCOUNT = "gonka1helduaxd0n4q3mp6w8f5vt8x2u6t9whf74jpwe"
 
-# Observed payloads of the real ML node's Sender, verbatim from reference/http.md §6.2.
+# Observed payloads of the real ML node's Sender, from reference/http.md §6.2: verbatim, except that the
+# validated batch's prover key, a placeholder ("03cd") in that observation, is a real 33-byte compressed
+# key here, as a real ML node reports it (it validates batches the chain stores under the prover's key).
+PROVER_KEY = "035b3d1462dc1577673d973161b7168dc17323339909078367c3b6426cceabfeda"
 REAL_GENERATED = '{"public_key": "02ab", "block_hash": "H", "block_height": 10, "nonces": [1, 3, 5], "dist": [0.5, 0.7, 0.9], "node_id": 1}'
-REAL_VALIDATED = ('{"public_key": "03cd", "block_hash": "H", "block_height": 10, "nonces": [7, 9], "dist": [0.15, 2.0], '
+REAL_VALIDATED = ('{"public_key": "035b3d1462dc1577673d973161b7168dc17323339909078367c3b6426cceabfeda", "block_hash": "H", "block_height": 10, "nonces": [7, 9], "dist": [0.15, 2.0], '
                   '"node_id": 0, "received_dist": [0.1, 0.2], "r_target": 1.4, "fraud_threshold": 1e-07, "n_invalid": 1, '
                   '"probability_honest": 0.00099975, "fraud_detected": false}')
 # The testermint mock ML node (reference/http.md §6.3) sends no node_id and an extra received_dist.
@@ -53,8 +57,9 @@ async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
 def stored(path: Path) -> list[Any]:
     with sqlite3.connect(path) as db:
         rows = db.execute("SELECT type_url, body FROM messages ORDER BY id").fetchall()
-    classes = {"/inference.inference.MsgSubmitPocBatch": MsgSubmitPocBatch,
-               "/inference.inference.MsgSubmitPocValidation": MsgSubmitPocValidation}
+    classes: dict[str, type[MsgSubmitPocBatch] | type[MsgSubmitPocValidation]] = {
+        "/inference.inference.MsgSubmitPocBatch": MsgSubmitPocBatch,
+        "/inference.inference.MsgSubmitPocValidation": MsgSubmitPocValidation}
     return [classes[url].FromString(body) for url, body in rows]
 
 
@@ -76,7 +81,7 @@ async def test_real_ml_node_payloads_are_accepted_verbatim(client: httpx.AsyncCl
         ACCOUNT, 10, [1, 3, 5], [0.5, 0.7, 0.9], "node1")
     assert len(batch.batch_id) == 36  # a random UUID
     assert isinstance(validation, MsgSubmitPocValidation)
-    assert validation.participant_address == address_from_key_bytes(bytes.fromhex("03cd"))
+    assert validation.participant_address == address_from_public_key(bytes.fromhex(PROVER_KEY))
     assert (validation.creator, validation.poc_stage_start_block_height) == (ACCOUNT, 10)
     assert (validation.r_target, validation.fraud_threshold, validation.n_invalid) == (1.4, 1e-07, 1)
     assert (validation.probability_honest, validation.fraud_detected) == (0.00099975, False)
@@ -171,3 +176,84 @@ async def test_without_a_signer_batches_are_refused_not_swallowed(tmp_path: Path
         response = await c.post("/v1/poc-batches/generated", content=REAL_GENERATED)
     await box.stop()
     assert response.status_code == 503 and "signer" in response.json()["error"]
+
+
+@pytest.fixture
+async def served(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
+    """The callback app behind a real server on loopback, with the daemon's default body limit."""
+    server = await start_server(create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT))
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            yield c
+    finally:
+        await server.stop()
+
+
+def with_raw(body: str, key: str, literal: str) -> str:
+    """``body`` (JSON text) with the value of ``key`` replaced by a literal no JSON encoder would write."""
+    doc = json.loads(body)
+    doc[key] = "@@"
+    return json.dumps(doc).replace('"@@"', literal)
+
+
+HUGE_INT = "1" + "0" * 400  # a valid JSON number beyond the float range
+DEEP = 100_000
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("generated", "[" * DEEP + "]" * DEEP, "request body"),
+        ("validated", '{"dist": ' + "[" * DEEP + "]" * DEEP + "}", "request body"),
+        ("generated", with_raw(REAL_GENERATED, "dist", f"[0.5, {HUGE_INT}, 0.9]"), "dist[1]"),
+        ("validated", with_raw(REAL_VALIDATED, "dist", f"[{HUGE_INT}, 0.1]"), "dist[0]"),
+        ("validated", with_raw(REAL_VALIDATED, "received_dist", f"[0.1, {HUGE_INT}]"), "received_dist[1]"),
+        ("validated", with_raw(REAL_VALIDATED, "r_target", HUGE_INT), "r_target"),
+        ("validated", with_raw(REAL_VALIDATED, "r_target", "-" + HUGE_INT), "r_target"),
+        ("validated", with_raw(REAL_VALIDATED, "probability_honest", HUGE_INT), "probability_honest"),
+        ("validated", with_raw(REAL_VALIDATED, "fraud_threshold", HUGE_INT), "fraud_threshold"),
+        ("validated", with_raw(REAL_VALIDATED, "n_invalid", str(2**63)), "n_invalid"),
+        ("validated", with_raw(REAL_VALIDATED, "n_invalid", HUGE_INT), "n_invalid"),
+        ("generated", with_raw(REAL_GENERATED, "node_id", str(2**63)), "node_id"),
+        ("generated", with_raw(REAL_GENERATED, "node_id", HUGE_INT), "node_id"),
+        ("validated", with_raw(REAL_VALIDATED, "node_id", str(2**64)), "node_id"),
+        ("generated", with_raw(REAL_GENERATED, "block_height", HUGE_INT), "block_height"),
+        ("generated", with_raw(REAL_GENERATED, "nonces", f"[{HUGE_INT}]"), "nonces[0]"),
+    ],
+)
+async def test_hostile_numbers_and_nesting_are_400_not_500(served: httpx.AsyncClient, outbox: Outbox, route: str,
+                                                           body: str, field: str) -> None:
+    response = await served.post(f"/v1/poc-batches/{route}", content=body)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"].startswith(field)
+    assert len(response.json()["error"]) < 300
+    assert stored(outbox.path) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "problem"),
+    [
+        ("03cd", "got 2 bytes"),
+        ("04" + "11" * 64, "got 65 bytes"),
+        ("05" + PROVER_KEY[2:], "got 33 bytes"),
+        ("02" + "ff" * 32, "not a point on the curve"),
+        ("0x" + PROVER_KEY, "hex"),
+    ],
+)
+async def test_validated_batch_names_its_prover_by_a_compressed_key(served: httpx.AsyncClient, outbox: Outbox,
+                                                                     key: str, problem: str) -> None:
+    response = await served.post("/v1/poc-batches/validated", json={**json.loads(REAL_VALIDATED), "public_key": key})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("public_key: ") and problem in error
+    assert stored(outbox.path) == []
+    upper = await served.post("/v1/poc-batches/validated",
+                              json={**json.loads(REAL_VALIDATED), "public_key": PROVER_KEY.upper()})
+    assert upper.status_code == 200
+
+
+async def test_node_number_at_the_int64_limit_is_still_a_number(served: httpx.AsyncClient, outbox: Outbox) -> None:
+    response = await served.post("/v1/poc-batches/generated", content=with_raw(REAL_GENERATED, "node_id", str(2**63 - 1)))
+    assert response.status_code == 200
+    [batch] = stored(outbox.path)
+    assert batch.node_id == ""  # no node has that number

@@ -17,6 +17,7 @@ from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.params_pb2 import Decimal, EpochParams, Params
 from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatch, PoCBatchesWithParticipants
 from dapi.metrics import Metrics
+from dapi.runtime.serving import start_server
 from dapi.server.public.app import create_public_app
 
 QWEN = Model(id="Qwen/Qwen2.5-7B-Instruct", units_of_compute_per_token=100, hf_repo="Qwen/Qwen2.5-7B-Instruct",
@@ -188,6 +189,37 @@ async def test_poc_batches_by_stage_height(world: tuple[World, httpx.AsyncClient
     w.batches.answer = ChainUnavailable("down")
     down = await client.get("/v1/poc-batches/80")
     assert down.status_code == 503 and "chain query failed" in down.json()["error"]
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[World, httpx.AsyncClient]]:
+    """The same app behind a real server on loopback."""
+    w = World()
+    app = create_public_app(cache=w.cache, chain=w.view, status=lambda: {"chain": {"synced": True}},
+                            poc_batches=w.batches, dynamic_pricing=w.pricing, metrics=w.metrics)
+    server = await start_server(app)
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as client:
+            yield w, client
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize("height", ["+80", "8_0", " 80", "80 ", "\u0668\u0660", "\uff18\uff10", "0x50", "8e1", "80.0",
+                                    "9223372036854775808", "1" * 5000])
+async def test_poc_batch_height_takes_ascii_digits_only(served: tuple[World, httpx.AsyncClient], height: str) -> None:
+    w, client = served
+    response = await client.get(f"/v1/poc-batches/{height}")
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("Invalid epoch id: height must be an integer")
+    assert w.batches.asked == []
+
+
+async def test_poc_batch_height_in_plain_digits_is_queried(served: tuple[World, httpx.AsyncClient]) -> None:
+    w, client = served
+    for height in ("80", "080", "0", "9223372036854775807"):
+        assert (await client.get(f"/v1/poc-batches/{height}")).status_code == 200
+    assert w.batches.asked == [80, 80, 0, 2**63 - 1]
 
 
 async def test_status_and_metrics(world: tuple[World, httpx.AsyncClient]) -> None:

@@ -43,6 +43,7 @@ from dapi.config import OutboxConfig
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.runtime.backoff import Backoff, capped_delay
+from dapi.runtime.files import private_dir, private_file
 from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
@@ -134,7 +135,14 @@ class OutboxStore:
     """Synchronous sqlite access; only ever called on the outbox's own thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
+        # Pending transactions are the daemon's alone. SQLite creates the -wal and -shm files with the
+        # database file's mode, so making the database 0600 before it is opened covers all three;
+        # leftovers of an older run are tightened too.
+        private_file(path)
+        for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if extra.exists():
+                private_file(extra)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk before submit() returns, so even power loss keeps answered batches.
@@ -250,7 +258,7 @@ class Outbox:
         self.path = path
         self.broadcaster = broadcaster
         self._signer_factory = signer_factory
-        self.settings = settings or OutboxConfig()
+        self.settings = settings or OutboxConfig.model_validate({})
         self.metrics = metrics
         self._executor: ThreadPoolExecutor | None = None
         self._store: OutboxStore | None = None

@@ -9,10 +9,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from dapi.runtime.files import private_dir
+
 
 def write_json_atomic(path: Path, document: Any, *, indent: int = 2) -> None:
     """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -7,6 +7,7 @@ message naming the problem, never 500.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -15,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -23,7 +25,7 @@ from dapi.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["ApiError", "BodyLimit", "error_responses", "go_json", "install_error_handlers", "json_bytes"]
+__all__ = ["ApiError", "BodyLimit", "HeadAsGet", "error_responses", "go_json", "install_error_handlers", "json_bytes"]
 
 
 class ApiError(Exception):
@@ -56,8 +58,8 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": descriptions.get(s, "Error")} for s in statuses}
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -78,11 +80,16 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        return error_response(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail), exc.headers)  # 405 keeps its Allow header
 
     async def invalid(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return error_response(400, _validation_message(exc))
+
+    async def gone(request: Request, exc: Exception) -> Response:
+        # The client closed (or was closed for being too slow) before its body arrived: nobody to answer.
+        log.info("client disconnected before its request arrived", path=request.url.path)
+        return error_response(400, "client disconnected before the request body arrived")
 
     async def crashed(request: Request, exc: Exception) -> Response:
         log.exception("request failed", path=request.url.path, exc_info=exc)
@@ -91,6 +98,7 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ClientDisconnect, gone)
     for exc_type, status in (domain or {}).items():
 
         def mapped(_: Request, exc: Exception, status: int = status) -> Response:
@@ -143,6 +151,29 @@ class _TooLarge(Exception):
     pass
 
 
+class HeadAsGet:
+    """ASGI middleware: ``HEAD`` on any route answers as ``GET`` would, without the body.
+
+    Health checks and load balancers probe with HEAD. Handling it here, once, keeps the routes (and
+    the OpenAPI documents) to the GETs they are; headers, Content-Length included, are the GET's.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Any) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
 async def read_json_body(request: Request) -> Any:
     body = await request.body()
     if not body:
@@ -151,17 +182,43 @@ async def read_json_body(request: Request) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is not acceptable JSON: nested too deeply") from None
 
 
 def bearer_auth(token: str) -> Callable[[Request], Awaitable[None]]:
+    """``Authorization: Bearer <token>`` when a token is set; the scheme name in any case (RFC 7235).
+
+    The token is compared in constant time, so the answer's timing says nothing about how much of a
+    guess was right.
+    """
+    expected = token.encode()
+
     async def check(request: Request) -> None:
         if not token:
             return
-        header = request.headers.get("authorization", "")
-        if header != f"Bearer {token}":
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        # Header values arrive as latin-1 text; their bytes are what the client sent.
+        given = credentials.lstrip(" ").encode("latin-1")
+        matches = hmac.compare_digest(given, expected)
+        if scheme.lower() != "bearer" or not matches:
             raise ApiError(401, "Authorization is required")
 
     return check
+
+
+def path_int(name: str, text: str, *, maximum: int = 2**63 - 1, problem: str = "") -> int:
+    """A non-negative integer path parameter, in ASCII digits only.
+
+    ``int()`` alone also takes ``"+80"``, ``"8_0"``, ``" 80"`` and the digits of other scripts (Arabic-Indic,
+    full-width); none of them is a number in a URL. ``problem`` prefixes the message.
+    """
+    digits = text.lstrip("0") or "0"
+    if not (text.isascii() and text.isdigit()) or len(digits) > len(str(maximum)) or int(digits) > maximum:
+        shown = repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
+        prefix = f"{problem}: " if problem else ""
+        raise ApiError(400, f"{prefix}{name} must be an integer 0..{maximum} in ASCII digits (got {shown})")
+    return int(digits)
 
 
 def json_bytes(document: Any) -> bytes:

@@ -9,9 +9,9 @@ Added and removed nodes are recorded in ``data_dir`` and survive a restart.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Path
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
@@ -25,10 +25,10 @@ from dapi.broker.errors import (
 )
 from dapi.broker.state import AdminState, Node, NodeResponse, node_response_json
 from dapi.chain.outbox import DeadLetter, OutboxClosed, OutboxRow
-from dapi.config import NodeConfig
+from dapi.config import NODE_ID_MAX_LENGTH, NODE_ID_PATTERN, NodeConfig, StrictNodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
-from dapi.server.common import bearer_auth, error_responses, install_error_handlers, json_bytes
+from dapi.server.common import HeadAsGet, bearer_auth, error_responses, install_error_handlers, json_bytes
 
 log = get_logger(__name__)
 
@@ -53,6 +53,11 @@ class NodeAdmin(Protocol):
     def set_admin_state(self, node_id: str, enabled: bool) -> AdminState: ...
 
     def nodes(self) -> list[NodeResponse]: ...
+
+
+# An id in a path is held to the rule a new node's id is held to; anything else is 400, not a lookup.
+NodeId = Annotated[str, Path(min_length=1, max_length=NODE_ID_MAX_LENGTH, pattern=NODE_ID_PATTERN,
+                             description="The node id")]
 
 
 class OutboxInspector(Protocol):
@@ -121,7 +126,7 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
         return Response(json_bytes([node_response_json(r) for r in items]), media_type="application/json")
 
     @app.post("/admin/v1/nodes", response_model=NodeJson, responses=error_responses(400, 409, 503, *auth))
-    async def add_node(config: NodeConfig) -> JSONResponse:
+    async def add_node(config: StrictNodeConfig) -> JSONResponse:
         """Register an ML node; its models must be governance models. It gets the next node number."""
         node = await broker.register(config)
         await store.record_added([config])
@@ -129,7 +134,7 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
 
     @app.post("/admin/v1/nodes/batch", status_code=201, response_model=list[NodeJson],
               responses=error_responses(400, *auth))
-    async def add_nodes(configs: list[NodeConfig]) -> JSONResponse:
+    async def add_nodes(configs: list[StrictNodeConfig]) -> JSONResponse:
         """Register several ML nodes; answers the ones accepted (a rejected one is logged with its reason)."""
         results = await broker.register_many(configs)
         accepted = [r for r in results if isinstance(r, Node)]
@@ -140,8 +145,8 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
             await store.record_added([n.config for n in accepted])
         return JSONResponse([n.to_json() for n in accepted], status_code=201)
 
-    @app.delete("/admin/v1/nodes/{node_id}", response_model=bool, responses=error_responses(*auth))
-    async def delete_node(node_id: str) -> JSONResponse:
+    @app.delete("/admin/v1/nodes/{node_id}", response_model=bool, responses=error_responses(400, *auth))
+    async def delete_node(node_id: NodeId) -> JSONResponse:
         """Unregister a node: ``true`` if it existed. Its running job is cancelled."""
         existed = await broker.remove(node_id)
         if existed:
@@ -149,15 +154,15 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
         return JSONResponse(existed)
 
     @app.post("/admin/v1/nodes/{node_id}/enable", response_model=AdminMessage,
-              responses=error_responses(404, *auth))
-    async def enable_node(node_id: str) -> JSONResponse:
+              responses=error_responses(400, 404, *auth))
+    async def enable_node(node_id: NodeId) -> JSONResponse:
         """Enable a node: at once during the Inference phase, fully from the next epoch."""
         broker.set_admin_state(node_id, True)
         return JSONResponse({"message": "node enabled successfully", "node_id": node_id})
 
     @app.post("/admin/v1/nodes/{node_id}/disable", response_model=AdminMessage,
-              responses=error_responses(404, *auth))
-    async def disable_node(node_id: str) -> JSONResponse:
+              responses=error_responses(400, 404, *auth))
+    async def disable_node(node_id: NodeId) -> JSONResponse:
         """Disable a node: it keeps its duties until the epoch ends, then stops."""
         broker.set_admin_state(node_id, False)
         return JSONResponse({"message": "node disabled successfully", "node_id": node_id})
@@ -183,4 +188,5 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
             {"id": d.id, "type_url": d.type_url, "stage": d.stage, "code": d.code, "codespace": d.codespace,
              "log": d.log, "tx_hash": d.tx_hash, "attempts": d.attempts, "failed_at": d.failed_at} for d in rows]})
 
+    app.add_middleware(HeadAsGet)
     return app

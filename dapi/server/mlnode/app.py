@@ -8,6 +8,7 @@ rule that fails answers 400 naming the field.
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from typing import Annotated, Any, Protocol
 
@@ -16,12 +17,12 @@ from google.protobuf.message import Message
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from dapi.chain.keys import address_from_key_bytes
+from dapi.chain.keys import address_from_key_bytes, public_key_from_hex
 from dapi.chain.outbox import OutboxClosed, TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
-from dapi.server.common import ApiError, BodyLimit, error_responses, install_error_handlers, read_json_body
+from dapi.server.common import ApiError, BodyLimit, HeadAsGet, error_responses, install_error_handlers, read_json_body
 
 log = get_logger(__name__)
 
@@ -39,7 +40,8 @@ class BatchSink(TxSink, Protocol):
     def can_send(self) -> bool: ...
 
 
-NonNegative = Annotated[int, Field(ge=0, le=2**63 - 1)]
+INT64_MAX = 2**63 - 1
+NonNegative = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Distance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
@@ -60,6 +62,8 @@ class ProofBatchBody(BaseModel):
 class ValidatedBatchBody(ProofBatchBody):
     """A validated batch: ``public_key`` is the prover's; ``received_dist`` has the length of ``nonces``."""
 
+    public_key: str = Field(pattern="^0[23][0-9a-fA-F]{64}$",
+                            description="Hex of the prover's 33-byte compressed secp256k1 public key")
     received_dist: list[Distance]
     r_target: float = Field(allow_inf_nan=False)
     fraud_threshold: float = Field(allow_inf_nan=False)
@@ -88,16 +92,36 @@ def _nonces(body: dict[str, Any]) -> list[int]:
         raise ApiError(400, "nonces: must not be empty")
     for index, n in enumerate(nonces):
         if type(n) is not int or n < 0 or n >= 2**63:
-            raise ApiError(400, f"nonces[{index}]: must be a non-negative 64-bit integer (got {n!r})")
+            raise ApiError(400, f"nonces[{index}]: must be a non-negative 64-bit integer (got {_shown(n)})")
     return nonces
+
+
+def _finite(value: Any) -> float | None:
+    """The number as a float, or None when it is not a finite JSON number (an integer literal beyond the
+    float range included: JSON allows any length of digits)."""
+    if type(value) not in (int, float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _distances(body: dict[str, Any], name: str, *, non_negative: bool = True) -> list[float]:
     values = _field(body, name, list)
+    numbers: list[float] = []
     for index, d in enumerate(values):
-        if type(d) not in (int, float) or not math.isfinite(d) or (non_negative and d < 0):
-            raise ApiError(400, f"{name}[{index}]: must be a finite number >= 0 (got {d!r})")
-    return [float(d) for d in values]
+        number = _finite(d)
+        if number is None or (non_negative and number < 0):
+            raise ApiError(400, f"{name}[{index}]: must be a finite number >= 0 (got {_shown(d)})")
+        numbers.append(number)
+    return numbers
 
 
 def _hex_key(body: dict[str, Any]) -> str:
@@ -113,9 +137,24 @@ def _hex_key(body: dict[str, Any]) -> str:
 
 def _number(body: dict[str, Any], name: str) -> float:
     value = _field(body, name, (int, float))
-    if not math.isfinite(value):
-        raise ApiError(400, f"{name}: must be finite")
-    return float(value)
+    number = _finite(value)
+    if number is None:
+        raise ApiError(400, f"{name}: must be a finite number (got {_shown(value)})")
+    return number
+
+
+_COMPRESSED_KEY_HEX = re.compile("0[23][0-9a-fA-F]{64}")
+
+
+def _prover_key(key: str) -> bytes:
+    """A validated batch names the prover by key; only a real compressed secp256k1 key names anyone."""
+    problem = f"got {len(key) // 2} bytes"
+    if _COMPRESSED_KEY_HEX.fullmatch(key):
+        try:
+            return public_key_from_hex(key)
+        except ValueError:
+            problem = "not a point on the curve"
+    raise ApiError(400, f"public_key: must be the hex of a 33-byte compressed secp256k1 public key ({problem})")
 
 
 def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
@@ -125,7 +164,7 @@ def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
     _field(body, "block_hash", str)
     height = _field(body, "block_height", int)
     if height <= 0 or height >= 2**63:
-        raise ApiError(400, f"block_height: must be a positive 64-bit integer (got {height})")
+        raise ApiError(400, f"block_height: must be a positive 64-bit integer (got {_shown(height)})")
     nonces = _nonces(body)
     dist = _distances(body, "dist")
     if len(dist) != len(nonces):
@@ -133,8 +172,8 @@ def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
     node_num = body.get("node_id", 0)
     if node_num is None:
         node_num = 0
-    if type(node_num) is not int or node_num < 0:
-        raise ApiError(400, f"node_id: must be a non-negative integer (got {node_num!r})")
+    if type(node_num) is not int or not 0 <= node_num <= INT64_MAX:
+        raise ApiError(400, f"node_id: must be a non-negative 64-bit integer (got {_shown(node_num)})")
     return key, height, nonces, dist
 
 
@@ -178,15 +217,16 @@ def create_mlnode_app(
     async def validated(request: Request) -> Response:
         body = await read_json_body(request)
         key, height, nonces, _ = _common(body)
+        prover = _prover_key(key)
         received = _distances(body, "received_dist")
         if len(received) != len(nonces):
             raise ApiError(400, f"received_dist: length {len(received)} differs from nonces length {len(nonces)}")
         n_invalid = _field(body, "n_invalid", int)
-        if n_invalid < 0:
-            raise ApiError(400, "n_invalid: must be >= 0")
+        if not 0 <= n_invalid <= INT64_MAX:
+            raise ApiError(400, f"n_invalid: must be a non-negative 64-bit integer (got {_shown(n_invalid)})")
         msg = MsgSubmitPocValidation(
             creator=account_address,
-            participant_address=address_from_key_bytes(bytes.fromhex(key)),
+            participant_address=address_from_key_bytes(prover),
             poc_stage_start_block_height=height,
             # The arrays are left empty on purpose, as the reference does: the chain reads only the verdict.
             r_target=_number(body, "r_target"),
@@ -205,4 +245,5 @@ def create_mlnode_app(
                           openapi_extra=validated_doc, responses={200: {"description": "Durably queued"}, **errors},
                           summary="Submit a validated PoC batch", response_class=Response)
     app.add_middleware(BodyLimit, limit=body_limit)
+    app.add_middleware(HeadAsGet)
     return app

@@ -22,7 +22,15 @@ from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatchesWithParticipants
 from dapi.metrics import Metrics
-from dapi.server.common import ApiError, error_responses, go_json, install_error_handlers, json_bytes
+from dapi.server.common import (
+    ApiError,
+    HeadAsGet,
+    error_responses,
+    go_json,
+    install_error_handlers,
+    json_bytes,
+    path_int,
+)
 
 JSON = "application/json"
 
@@ -286,12 +294,7 @@ def create_public_app(
                                     json_schema_extra={"type": "integer", "minimum": 0, "maximum": 2**63 - 1})],
     ) -> Response:
         """The PoC batches stored on chain for the PoC stage that started at ``height``."""
-        try:
-            value = int(height)
-        except ValueError:
-            raise ApiError(400, "Invalid epoch id") from None
-        if not 0 <= value < 2**63:
-            raise ApiError(400, "Invalid epoch id")
+        value = path_int("height", height, problem="Invalid epoch id")
         try:
             groups = await poc_batches(value)
         except ChainNotFound:
@@ -310,4 +313,5 @@ def create_public_app(
             before_metrics()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(HeadAsGet)
     return app
