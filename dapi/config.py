@@ -3,6 +3,9 @@
 The file format is the reference daemon's (reference/http.md §5), so an operator's existing config
 loads unchanged; sections we do not use (seeds, heights, keyring, nats, ...) are kept and ignored.
 Everything else in the package receives a typed ``Config``; nothing else reads the environment.
+
+It is one piece on purpose (STYLE.md, "Config in one pydantic module"): every setting, default,
+validation rule and environment override an operator may need to look up is in this one file.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "DAPI_"
@@ -215,6 +218,8 @@ class NodeConfig(BaseModel):
 
 
 class StrictHardware(Hardware):
+    """A hardware entry as the admin API reads it: JSON types as strict as Go's decoder (no "8" for 8)."""
+
     model_config = ConfigDict(extra="ignore", strict=True)
 
 

@@ -25,11 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -38,12 +36,12 @@ from google.protobuf.message import Message
 from dapi.chain.broadcast import Broadcaster
 from dapi.chain.errors import ChainError, ChainNotFound
 from dapi.chain.messages import message_class, type_url_of
+from dapi.chain.outbox_store import DeadLetter, OutboxRow, OutboxStore
 from dapi.chain.tx import SignedTx, TxSigner
 from dapi.config import OutboxConfig
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.runtime.backoff import Backoff, capped_delay
-from dapi.runtime.files import private_dir, private_file
 from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
@@ -52,40 +50,8 @@ T = TypeVar("T")
 # Cosmos SDK codespace "sdk" codes after which the same message, signed again later, can succeed.
 RETRIABLE_SDK_CODES = frozenset({20, 30, 32, 42})  # mempool full, timeout height, wrong sequence, tx timeout
 ALREADY_IN_MEMPOOL = 19
-LANDED_KEPT = 7 * 24 * 3600.0
 UNAUTHORIZED = 4  # signature verification failed: the account number we signed with may be stale
 RETRY_BACKOFF_INITIAL = 0.5  # seconds before the first retry of a failed broadcast
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    type_url TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    state TEXT NOT NULL,               -- pending | sent | landed
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    tx_hash TEXT,
-    deadline REAL,
-    height INTEGER,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS messages_state ON messages (state, next_attempt_at);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,
-    type_url TEXT NOT NULL,
-    body BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    failed_at REAL NOT NULL,
-    stage TEXT NOT NULL,               -- checktx | deliver
-    code INTEGER NOT NULL,
-    codespace TEXT NOT NULL,
-    log TEXT NOT NULL,
-    tx_hash TEXT,
-    attempts INTEGER NOT NULL
-);
-"""
-
 
 class TxSink(Protocol):
     """Where components hand chain messages for signing and broadcast (the outbox; a list in tests)."""
@@ -95,142 +61,6 @@ class TxSink(Protocol):
 
 class OutboxClosed(RuntimeError):
     """The outbox is stopping or was never opened: the message was not taken."""
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    """A message in the outbox as the admin view lists it: state, attempts, tx hash, height and last error."""
-
-    id: int
-    type_url: str
-    state: str
-    attempts: int
-    created_at: float
-    tx_hash: str | None
-    height: int | None
-    last_error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message the chain rejected for good (at CheckTx or in a block), with its code and log and its body."""
-
-    id: int
-    type_url: str
-    stage: str
-    code: int
-    codespace: str
-    log: str
-    tx_hash: str | None
-    attempts: int
-    created_at: float
-    failed_at: float
-    body: bytes
-
-    def message(self) -> Message:
-        return message_class(self.type_url).FromString(self.body)
-
-
-class OutboxStore:
-    """Synchronous sqlite access; only ever called on the outbox's own thread."""
-
-    def __init__(self, path: Path) -> None:
-        private_dir(path.parent)
-        # Pending transactions are the daemon's alone. SQLite creates the -wal and -shm files with the
-        # database file's mode, so making the database 0600 before it is opened covers all three;
-        # leftovers of an older run are tightened too.
-        private_file(path)
-        for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if extra.exists():
-                private_file(extra)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before submit() returns, so even power loss keeps answered batches.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        # Landed rows are kept (bodies emptied) for the admin view and the devnet's checks; a week is plenty.
-        self.db.execute("DELETE FROM messages WHERE state = 'landed' AND created_at < ?", (time.time() - LANDED_KEPT,))
-
-    def close(self) -> None:
-        self.db.close()
-
-    def insert_many(self, rows: Iterable[tuple[str, bytes]]) -> list[int]:
-        now = time.time()
-        ids: list[int] = []
-        with self.db:
-            self.db.execute("BEGIN")
-            for type_url, body in rows:
-                cur = self.db.execute(
-                    "INSERT INTO messages (type_url, body, created_at, state) VALUES (?, ?, ?, 'pending')",
-                    (type_url, body, now),
-                )
-                ids.append(int(cur.lastrowid or 0))
-        return ids
-
-    def due(self, now: float, limit: int, exclude: Iterable[int]) -> list[tuple[int, str, bytes, int]]:
-        skip = set(exclude)
-        rows = self.db.execute(
-            "SELECT id, type_url, body, attempts FROM messages WHERE state = 'pending' AND next_attempt_at <= ?"
-            " ORDER BY id LIMIT ?",
-            (now, limit + len(skip)),
-        ).fetchall()
-        return [r for r in rows if r[0] not in skip][:limit]
-
-    def mark_sent(self, row_id: int, tx_hash: str, deadline: float) -> None:
-        self.db.execute(
-            "UPDATE messages SET state = 'sent', tx_hash = ?, deadline = ?, attempts = attempts + 1 WHERE id = ?",
-            (tx_hash, deadline, row_id),
-        )
-
-    def retry_later(self, row_id: int, when: float, error: str) -> None:
-        self.db.execute(
-            "UPDATE messages SET state = 'pending', next_attempt_at = ?, last_error = ?, tx_hash = NULL WHERE id = ?",
-            (when, error, row_id),
-        )
-
-    def mark_landed(self, row_id: int, height: int) -> None:
-        # The body is no longer needed once the chain has it; PoC batches can be megabytes.
-        self.db.execute(
-            "UPDATE messages SET state = 'landed', height = ?, body = X'' WHERE id = ?", (height, row_id)
-        )
-
-    def dead_letter(self, row_id: int, stage: str, code: int, codespace: str, log_text: str) -> None:
-        with self.db:
-            self.db.execute("BEGIN")
-            self.db.execute(
-                "INSERT INTO dead_letters (id, type_url, body, created_at, failed_at, stage, code, codespace, log,"
-                " tx_hash, attempts) SELECT id, type_url, body, created_at, ?, ?, ?, ?, ?, tx_hash, attempts"
-                " FROM messages WHERE id = ?",
-                (time.time(), stage, code, codespace, log_text, row_id),
-            )
-            self.db.execute("DELETE FROM messages WHERE id = ?", (row_id,))
-
-    def sent(self, limit: int) -> list[tuple[int, str, str, float]]:
-        return self.db.execute(
-            "SELECT id, type_url, tx_hash, deadline FROM messages WHERE state = 'sent' ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
-
-    def counts(self) -> dict[str, int]:
-        counts = dict(self.db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall())
-        counts["dead"] = self.db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-        return {state: int(counts.get(state, 0)) for state in ("pending", "sent", "landed", "dead")}
-
-    def rows(self, states: tuple[str, ...], limit: int) -> list[OutboxRow]:
-        marks = ",".join("?" * len(states))
-        found = self.db.execute(
-            f"SELECT id, type_url, state, attempts, created_at, tx_hash, height, last_error FROM messages"
-            f" WHERE state IN ({marks}) ORDER BY id LIMIT ?",
-            (*states, limit),
-        ).fetchall()
-        return [OutboxRow(*row) for row in found]
-
-    def dead_letters(self, limit: int) -> list[DeadLetter]:
-        found = self.db.execute(
-            "SELECT id, type_url, stage, code, codespace, log, tx_hash, attempts, created_at, failed_at, body"
-            " FROM dead_letters ORDER BY id LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [DeadLetter(*row) for row in found]
 
 
 class Outbox:

@@ -54,7 +54,7 @@ def guarded_protocol(base: type[asyncio.Protocol], limits: ConnectionLimits) -> 
     too_slow = _raw_response("408 Request Timeout",
                              f"request not received within {limits.request_read_timeout:g} seconds")
 
-    class Guarded(parent):  # type: ignore[misc]
+    class Guarded(parent):
         _deadline: asyncio.TimerHandle | None = None
 
         def connection_made(self, transport: asyncio.Transport) -> None:

@@ -24,7 +24,8 @@ from dapi.broker.errors import (
     NodeNotFound,
 )
 from dapi.broker.state import AdminState, Node, NodeResponse, node_response_json
-from dapi.chain.outbox import DeadLetter, OutboxClosed, OutboxRow
+from dapi.chain.outbox import OutboxClosed
+from dapi.chain.outbox_store import DeadLetter, OutboxRow
 from dapi.config import NODE_ID_MAX_LENGTH, NODE_ID_PATTERN, NodeConfig, StrictNodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
