@@ -208,3 +208,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_pricing_shows_the_price_the_chain_writes_when_the_epoch_becomes_effective(
+    session: DevnetSession,
+) -> None:
+    # The devnet, as the real chain, forms epoch 1 without a price and writes it (the default, 100) at
+    # set-new-validators (53); the daemon must read the parent group again at that switch.
+    s = session
+    ctx = context(s, 1)
+    await daemon_at(s, ctx.set_new_validators + 1)
+    async with httpx.AsyncClient(base_url=s.public_url, timeout=10) as client:
+        pricing = (await client.get("/v1/pricing")).json()
+        epoch = (await client.get("/v1/epochs/latest")).json()
+    assert pricing["unit_of_compute_price"] == 100
+    assert pricing["models"] and all(
+        m["price_per_token"] == m["units_of_compute_per_token"] * 100 for m in pricing["models"]
+    )
+    assert epoch["latest_epoch"]["index"] == 1

@@ -381,3 +381,24 @@ def test_a_peer_that_skips_its_seed_is_not_formed(ledger: Ledger, genesis: Devne
     assert report is not None
     assert [m.name for m in report.members] == ["peer2"]
     assert ledger.batches(40, genesis.participant("peer1").address)  # it did mine
+
+
+def test_the_price_is_written_into_the_parent_group_at_set_new_validators(ledger: Ledger, genesis: DevnetGenesis) -> None:
+    # As the real chain (module.go, moveUpcomingToEffectiveGroup): epoch 1 is formed at the end of its PoC
+    # validation (height 51 for PoC start 40 with the devnet's params) with no price and no effective height;
+    # at set-new-validators (53) the parent group gets both. Epoch 1's price: no proposals, so the default.
+    assert genesis.epoch_params.default_unit_of_compute_price == 100
+    run_with_peers(ledger, genesis, 51)
+    formed = ledger.epoch_group(1)
+    assert formed is not None and formed.sub_group_models
+    assert (formed.unit_of_compute_price, formed.effective_block_height) == (0, 0)
+    assert all(ledger.epoch_group(1, m).unit_of_compute_price == 0 for m in formed.sub_group_models)  # type: ignore[union-attr]
+    run_with_peers(ledger, genesis, 53)
+    effective = ledger.epoch_group(1)
+    assert effective is not None
+    assert (effective.unit_of_compute_price, effective.effective_block_height) == (100, 53)
+    # The history keeps what a query at the formation height saw.
+    at_formation = ledger.epoch_group(1, height=52)
+    assert at_formation is not None and at_formation.unit_of_compute_price == 0
+    report = ledger.report(1)
+    assert report is not None and report.unit_of_compute_price == 100

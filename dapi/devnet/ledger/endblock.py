@@ -97,10 +97,15 @@ def end_of_poc_validation(state: InferenceState, effective: Epoch, height: int) 
     state.active[index] = formed.active_participants
     existing = state.groups.get((index, ""))
     group_id = existing.epoch_group_id if existing is not None else next(state.group_ids)
-    parent = replace(formed.parent, epoch_group_id=group_id)
+    # As the real chain: the formed epoch carries no price; set-new-validators writes it into the parent
+    # group (module.go, moveUpcomingToEffectiveGroup), so an API node must read it again then.
+    state.pending_prices[index] = formed.parent.unit_of_compute_price
+    parent = replace(formed.parent, epoch_group_id=group_id, unit_of_compute_price=0)
     state.groups.set((index, ""), parent, height)
     for sub in formed.sub_groups:
-        state.groups.set((index, sub.model_id), replace(sub, epoch_group_id=next(state.group_ids)), height)
+        state.groups.set((index, sub.model_id), replace(
+            sub, epoch_group_id=next(state.group_ids), unit_of_compute_price=0
+        ), height)
     state.reports[index] = build_report(state, index, stage, height, parent, formed.active_participants)
     log.info("devnet: epoch formed", epoch=index, height=height, members=len(formed.active_participants),
              models=list(parent.sub_group_models))
@@ -110,15 +115,17 @@ def set_new_validators(state: InferenceState, effective: Epoch, height: int) -> 
     index = effective.index + 1
     new_parent = state.groups.get((index, ""))
     old_parent = state.groups.get((effective.index, ""))
+    price = state.pending_prices.pop(index, old_parent.unit_of_compute_price if old_parent else 0)
     if new_parent is not None and old_parent is not None:
         state.groups.set((index, ""), replace(
-            new_parent, effective_block_height=height, previous_epoch_requests=old_parent.number_of_requests
+            new_parent, effective_block_height=height, previous_epoch_requests=old_parent.number_of_requests,
+            unit_of_compute_price=price,
         ), height)
         state.groups.set((effective.index, ""), replace(old_parent, last_block_height=height - 1), height)
     state.set_effective_epoch(index, height)
     report = state.reports.get(index)
     if report is not None:
-        state.reports[index] = replace(report, effective_at_height=height)
+        state.reports[index] = replace(report, effective_at_height=height, unit_of_compute_price=price)
     log.info("devnet: new epoch effective", epoch=index, height=height)
 
 

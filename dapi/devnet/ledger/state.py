@@ -65,6 +65,8 @@ class InferenceState:
     group_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     active: dict[int, tuple[ActiveParticipant, ...]] = field(default_factory=lambda: {0: ()})
     formation_inputs: dict[int, FormationInput] = field(default_factory=dict)
+    # The price a formed epoch gets when it becomes effective (the chain writes it only then).
+    pending_prices: dict[int, int] = field(default_factory=dict)
     reports: dict[int, EpochReport] = field(default_factory=dict)
     rewards: dict[int, dict[str, RewardShare]] = field(default_factory=dict)
 
