@@ -148,6 +148,35 @@ async def test_missing_groups_are_not_found_on_both_transports(devnet: Simulated
             await client.aclose()
 
 
+async def test_inference_statistics_by_model_in_a_millisecond_window_on_both_transports(
+    devnet: SimulatedNetwork,
+) -> None:
+    await devnet.wait_for_height(2)
+    devnet.pause_blocks()
+    now_ms = devnet.ledger.now_ns() // 1_000_000
+    # Keyed in ms as the chain keys them: 90 s, 30 s and 10 ms ago, and one a day and a second ago.
+    for model, tokens, ago_ms in (("m1", 500, 90_000), ("m1", 120, 30_000), ("m2", 7, 10), ("m1", 1, 86_401_000)):
+        devnet.ledger.record_inference_stat(model, tokens, time_ms=now_ms - ago_ms)
+    try:
+        for client in (ChainQuery(GrpcTransport(devnet.grpc_target)),
+                       ChainQuery(AbciTransport(CometRPC(devnet.rpc_url)))):
+            try:
+                # The last minute, as an API node asks for a 60 s utilisation window.
+                assert await client.tokens_by_model(now_ms - 60_000, now_ms) == {"m1": 120, "m2": 7}
+                # A window in seconds (the reference API node's mistake) matches nothing.
+                assert await client.tokens_by_model(now_ms // 1000 - 60, now_ms // 1000) == {}
+                # 0 means now, and now minus 24 h for the start: the day-old one is out.
+                assert await client.tokens_by_model(0, 0) == {"m1": 620, "m2": 7}
+                with pytest.raises(ChainRejected, match="invalid time period"):
+                    await client.tokens_by_model(now_ms, now_ms - 1)
+            finally:
+                await client.aclose()
+    finally:
+        devnet.resume_blocks()
+    params = devnet.genesis.dynamic_pricing
+    assert params.utilization_window_duration == 60
+
+
 # --- transactions ----------------------------------------------------------------------------------
 
 

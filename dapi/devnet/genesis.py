@@ -32,6 +32,7 @@ from dapi.chain.messages import INFERENCE_MSG_TYPE_URLS
 from dapi.devnet.genesis_file import (
     DEFAULT_SPEC,
     BandwidthLimits,
+    DynamicPricingParams,
     GenesisFile,
     ParticipantsSection,
     PeerBehaviour,
@@ -137,6 +138,7 @@ class DevnetGenesis:
     poc_params: PocModuleParams
     validation_params: ValidationParams
     bandwidth_limits: BandwidthLimits
+    dynamic_pricing: DynamicPricingParams
     rewards: RewardParams
     poc_slot_policy: PocSlotPolicy
     models: tuple[Model, ...]
@@ -231,6 +233,7 @@ def genesis_from_spec(spec: Mapping[str, Any], *, source: str = "devnet genesis"
         poc_params=file.poc_params,
         validation_params=file.validation_params,
         bandwidth_limits=file.bandwidth_limits_params,
+        dynamic_pricing=file.dynamic_pricing_params,
         rewards=file.rewards,
         poc_slot_policy=file.poc_slot_policy,
         models=tuple(m.build() for m in file.models),

@@ -19,6 +19,7 @@ from dapi.devnet.schedule.records import Decimal, Hardware, Model
 __all__ = [
     "DEFAULT_SPEC",
     "BandwidthLimits",
+    "DynamicPricingParams",
     "GenesisFile",
     "ParticipantsSection",
     "PeerBehaviour",
@@ -137,6 +138,13 @@ class BandwidthLimits(_Section):
     kb_per_output_token: _Decimal = Decimal(64, -2)
 
 
+class DynamicPricingParams(_Section):
+    """The part of the chain's `DynamicPricingParams` API nodes read: the utilisation window."""
+
+    # Seconds of inference statistics that make up a model's utilisation (mainnet: 60).
+    utilization_window_duration: _Positive = 60
+
+
 class RewardParams(_Section):
     """Settlement: reward_E = initial · e^(decay · (E - genesis_epoch)), split by weight."""
 
@@ -179,6 +187,7 @@ class GenesisFile(_Section):
     poc_params: PocModuleParams = PocModuleParams()
     validation_params: ValidationParams = ValidationParams()
     bandwidth_limits_params: BandwidthLimits = BandwidthLimits()
+    dynamic_pricing_params: DynamicPricingParams = DynamicPricingParams()
     rewards: RewardParams = RewardParams()
     # The two genesis models of reference/chain-logic.md §14 (mainnet values), as the schedule package has them.
     models: list[_ModelSpec] = Field(default_factory=lambda: [_ModelSpec.of(m) for m in GENESIS_MODELS], min_length=1)

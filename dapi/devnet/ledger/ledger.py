@@ -33,7 +33,7 @@ from dapi.devnet.ledger.ante import AnteContext, GrantKey, run_ante
 from dapi.devnet.ledger.codes import CODESPACE_SDK, SdkCode, TxFailure, sdk_failure, sdk_text
 from dapi.devnet.ledger.deliver import deliver_tx
 from dapi.devnet.ledger.endblock import end_block
-from dapi.devnet.ledger.records import Account, Block, CheckTxResult, ClaimRecord, EpochReport, TxRecord
+from dapi.devnet.ledger.records import Account, Block, CheckTxResult, ClaimRecord, EpochReport, InferenceStat, TxRecord
 from dapi.devnet.ledger.state import InferenceState
 from dapi.devnet.schedule.formation import FormationInput
 from dapi.devnet.schedule.models import ModelRegistry
@@ -243,6 +243,20 @@ class Ledger:
 
     def remove_governance_model(self, model_id: str) -> None:
         self.state.registry = self.state.registry.delete_governance_model(model_id)
+
+    def record_inference_stat(self, model: str, tokens: int, time_ms: int | None = None) -> None:
+        """Add one inference to the developer statistics (at the last block's time unless given)."""
+        when = self.now_ns() // 1_000_000 if time_ms is None else time_ms
+        self.state.inference_stats.append(InferenceStat(time_ms=when, model=model, tokens=tokens))
+
+    def tokens_by_model(self, time_from_ms: int, time_to_ms: int) -> dict[str, tuple[int, int]]:
+        """(AI tokens, inferences) per model of the statistics in [from, to] ms, as the chain sums them."""
+        totals: dict[str, tuple[int, int]] = {}
+        for stat in self.state.inference_stats:
+            if time_from_ms <= stat.time_ms <= time_to_ms:
+                tokens, count = totals.get(stat.model, (0, 0))
+                totals[stat.model] = (tokens + stat.tokens, count + 1)
+        return totals
 
     def set_inference_url(self, participant: str, url: str) -> None:
         """Point a participant's record at the API node that serves it (as MsgSubmitNewParticipant would)."""

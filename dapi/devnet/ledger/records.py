@@ -140,6 +140,19 @@ class ClaimRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class InferenceStat:
+    """One inference in the developer statistics: when (block time, ms), which model, how many tokens.
+
+    The chain keys these by block time in milliseconds (`BlockTime().UnixMilli()`), end time or else
+    start time, and counts prompt + completion tokens.
+    """
+
+    time_ms: int
+    model: str
+    tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class NodeReport:
     """One ML node of a formed epoch member: its model, PoC weight, POC_SLOT flag and throughput."""
 

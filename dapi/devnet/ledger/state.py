@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dapi.chain.epochs import Epoch, EpochParams
 from dapi.devnet.genesis import DevnetGenesis
-from dapi.devnet.ledger.records import ClaimRecord, EpochReport, History
+from dapi.devnet.ledger.records import ClaimRecord, EpochReport, History, InferenceStat
 from dapi.devnet.schedule.formation import FormationInput
 from dapi.devnet.schedule.models import ModelRegistry
 from dapi.devnet.schedule.records import (
@@ -74,6 +74,7 @@ class InferenceState:
     validations: dict[ValidationKey, PoCValidation] = field(default_factory=dict)
     seeds: dict[tuple[int, str], RandomSeed] = field(default_factory=dict)
     claims: list[ClaimRecord] = field(default_factory=list)
+    inference_stats: list[InferenceStat] = field(default_factory=list)
 
     @classmethod
     def from_genesis(cls, genesis: DevnetGenesis) -> InferenceState:

@@ -208,6 +208,9 @@ def params_to_proto(genesis: DevnetGenesis) -> params_pb2.Params:
             kb_per_input_token=decimal_to_proto(bw.kb_per_input_token),
             kb_per_output_token=decimal_to_proto(bw.kb_per_output_token),
         ),
+        dynamic_pricing_params=params_pb2.DynamicPricingParams(
+            utilization_window_duration=genesis.dynamic_pricing.utilization_window_duration,
+        ),
     )
 
 

@@ -77,6 +77,9 @@ def _grpc_name(status: grpc.StatusCode) -> str:
     return "".join(part.capitalize() for part in status.name.split("_"))
 
 
+DAY_MS = 24 * 3600 * 1000
+
+
 class QueryRouter:
     """`handle(path, data, height)` → serialized response, or QueryError."""
 
@@ -92,6 +95,9 @@ class QueryRouter:
             INFERENCE + "HardwareNodes": (q.QueryHardwareNodesRequest, self._hardware_nodes),
             INFERENCE + "HardwareNodesAll": (q.QueryHardwareNodesAllRequest, self._hardware_nodes_all),
             INFERENCE + "PocBatchesForStage": (q.QueryPocBatchesForStageRequest, self._poc_batches),
+            INFERENCE + "InferencesAndTokensStatsByModels": (
+                q.QueryInferencesAndTokensStatsByModelsRequest, self._stats_by_models,
+            ),
             AUTH + "Account": (auth_q.QueryAccountRequest, self._account),
             AUTH + "AccountInfo": (auth_q.QueryAccountInfoRequest, self._account_info),
         }
@@ -198,6 +204,20 @@ class QueryRouter:
         return q.QueryPocBatchesForStageResponse(poc_batch=groups)
 
     # --- cosmos.auth.v1beta1.Query ---
+
+    def _stats_by_models(self, request: Message, height: int | None) -> Message:
+        assert isinstance(request, q.QueryInferencesAndTokensStatsByModelsRequest)
+        # As the chain: times in ms of block time; 0 means now, or now minus 24 h for the start.
+        now_ms = self.ledger.now_ns() // 1_000_000
+        time_to = request.time_to or now_ms
+        time_from = request.time_from or now_ms - DAY_MS
+        if time_to < time_from:
+            raise QueryError(grpc.StatusCode.INVALID_ARGUMENT, "invalid time period")
+        totals = self.ledger.tokens_by_model(time_from, time_to)
+        return q.QueryInferencesAndTokensStatsByModelsResponse(stats_models=[
+            q.ModelStats(model=model, ai_tokens=tokens, inferences=count)
+            for model, (tokens, count) in sorted(totals.items())
+        ])
 
     def _lookup(self, address: str) -> tuple[str, bytes, int, int]:
         account = self.ledger.account(address)
