@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dapi.broker.chain_reader import ChainReader, TxSink
+from dapi.broker.decisions import log_decision
 from dapi.broker.epoch_data import EpochCache, EpochDataSync, EpochSnapshot
 from dapi.broker.errors import (
     BrokerError,
@@ -92,17 +93,6 @@ class BrokerMetrics:
     stale_results: int
     reconcile_passes: int
     hardware_diffs_sent: int
-
-
-def _decision(command: str, target: Target) -> str:
-    """The decision in a word or two: mine, validate, keep serving, serve, stop, keep training."""
-    if target.status is NodeStatus.POC:
-        return "validate" if target.poc_status is PocStatus.VALIDATING else "mine"
-    if target.status is NodeStatus.INFERENCE:
-        return "serve" if command == "InferenceUpAll" else "keep serving"
-    if target.status is NodeStatus.TRAINING:
-        return "keep training"
-    return "stop"
 
 
 class Broker:
@@ -409,7 +399,7 @@ class Broker:
         for entry in self._registry:
             st = entry.state
             target = target_of(st, state.latest_epoch_index, state.phase)
-            self._log_decision(entry, name, state.latest_epoch_index, target)
+            log_decision(entry, name, state.latest_epoch_index, target, self._cache.governance_by_id)
             if (target.status, target.poc_status) == (st.intended_status, st.poc_intended_status):
                 continue
             st.intended_status = target.status
@@ -420,31 +410,6 @@ class Broker:
             changed.append(entry.node.id)
         self._reconciler.trigger()
         return CommandResult(name, True, tuple(changed), "" if changed else "nothing to change")
-
-    def _log_decision(self, entry: NodeEntry, command: str, latest_epoch: int, target: Target) -> None:
-        """One line per node per phase command and epoch: does it mine, keep serving or stop, and why.
-
-        Commands repeat every block during PoC; a line is written again only when the decision changes.
-        """
-        key = (latest_epoch, target.status, target.poc_status, target.reason)
-        if entry.decisions.get(command) == key:
-            return
-        entry.decisions[command] = key
-        st = entry.state
-        fields: dict[str, object] = {
-            "command": command,
-            "node_id": entry.node.id,
-            "decision": _decision(command, target),
-            "reason": target.reason,
-            "epoch": latest_epoch,
-            "current_status": st.current_status.name,
-        }
-        if target.status is NodeStatus.INFERENCE:
-            choice = desired_choice(entry, self._cache.governance_by_id)
-            fields["model"] = choice.model_id if choice else None
-        if st.failure_reason:  # its last command failed (cleared by the next success)
-            fields["failure_reason"] = st.failure_reason
-        log.info("phase command decision", **fields)
 
     # --- inference routing -----------------------------------------------------------------------
 
