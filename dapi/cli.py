@@ -40,6 +40,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+# Kept here (not imported from the devnet) so that `dapi run` never loads the simulator.
+POC_SLOT_POLICIES = ("weight", "half-nodes", "none")
+MISBEHAVIOUR_KINDS = ("mine-with-poc-slot", "skip-seed", "forge-batches")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dapi", description="gonka API node")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,devnet,version}")
@@ -48,12 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, metavar="PATH", help="YAML config file")
 
     devnet = sub.add_parser("devnet", help="simulated chain, peers and ML nodes, plus the real daemon, on loopback")
-    devnet.add_argument("--participants", type=_positive_int, default=3, metavar="N",
-                        help="participants in all, the own one included (default 3)")
-    devnet.add_argument("--nodes-per-participant", type=_positive_int, default=4, metavar="M",
-                        help="ML nodes of each participant (default 4)")
-    devnet.add_argument("--block-time", type=_positive_float, default=0.5, metavar="SECONDS",
-                        help="seconds between blocks (default 0.5)")
+    devnet.add_argument("--genesis", default=None, metavar="PATH",
+                        help="devnet genesis file in config/devnet.yaml's format (default: that file)")
+    devnet.add_argument("--participants", type=_positive_int, default=None, metavar="N",
+                        help="participants in all, the own one included (default: the genesis', 3)")
+    devnet.add_argument("--nodes-per-participant", type=_positive_int, default=None, metavar="M",
+                        help="ML nodes of each participant (default: the genesis', 4)")
+    devnet.add_argument("--block-time", type=_positive_float, default=None, metavar="SECONDS",
+                        help="seconds between blocks (default: the genesis', 0.5)")
+    devnet.add_argument("--poc-slot-policy", choices=POC_SLOT_POLICIES, default=None,
+                        help="how the chain picks the nodes that keep serving during PoC (default: the genesis', "
+                             "weight)")
+    devnet.add_argument("--misbehave", action="append", default=[], metavar="PEER=KIND[,KIND...]",
+                        help=f"make a simulated peer break a rule; kinds: {', '.join(MISBEHAVIOUR_KINDS)} "
+                             "(repeatable)")
     devnet.add_argument("--epochs", type=_positive_int, default=None, metavar="K",
                         help="stop after K full epochs and print a summary")
     devnet.add_argument("--base-port", type=_port, default=None, metavar="P",

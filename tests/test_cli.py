@@ -9,6 +9,7 @@ import pytest
 
 from dapi import __version__
 from dapi.cli import build_parser, main
+from dapi.testbed.command import devnet_setup
 
 
 def test_version_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,7 +24,11 @@ def test_python_dash_m_runs_the_same_cli() -> None:
 
 def test_devnet_flags_and_defaults() -> None:
     args = build_parser().parse_args(["devnet"])
-    assert (args.participants, args.nodes_per_participant, args.block_time) == (3, 4, 0.5)
+    # DESIGN.md §4.1 defaults, which come from the genesis unless a flag overrides them.
+    assert (args.participants, args.nodes_per_participant, args.block_time) == (None, None, None)
+    genesis, misbehaviour = devnet_setup(args)
+    assert (len(genesis.participants), len(genesis.own.nodes), genesis.block_time) == (3, 4, 0.5)
+    assert str(genesis.poc_slot_policy) == "weight" and misbehaviour == {}
     assert args.epochs is None and not args.json and not args.no_daemon
     args = build_parser().parse_args(
         [

@@ -18,6 +18,7 @@ import yaml
 from dapi.chain.epochs import DEVNET_EPOCH_PARAMS
 from dapi.chain.keys import SigningKey, address_from_base64_public_key
 from dapi.chain.messages import INFERENCE_MSG_TYPE_URLS
+from dapi.cli import MISBEHAVIOUR_KINDS, POC_SLOT_POLICIES, build_parser
 from dapi.config import load_config, signer_secret
 from dapi.devnet import SimulatedNetwork
 from dapi.devnet.daemon_config import DaemonPorts, PortLayout, write_daemon_config
@@ -30,7 +31,10 @@ from dapi.devnet.genesis import (
     load_genesis,
 )
 from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.devnet.peers import MISBEHAVIOUR_KINDS as PEER_MISBEHAVIOURS
+from dapi.devnet.schedule.assignment import PocSlotPolicy
 from dapi.devnet.schedule.models import GENESIS_MODELS
+from dapi.testbed.command import run_no_daemon
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -229,3 +233,45 @@ async def test_a_taken_port_fails_the_start_and_leaves_nothing_running() -> None
         with pytest.raises(httpx.ConnectError):
             await http.get(devnet.mlnodes.url + "/sim/nodes")
     assert devnet.ledger.height == 0
+
+
+async def test_no_daemon_cli_takes_a_genesis_file_a_policy_and_a_misbehaving_peer(tmp_path: Path) -> None:
+    genesis_file = tmp_path / "genesis.yaml"
+    genesis_file.write_text("chain_id: custom-devnet\nparticipants: {count: 3, nodes_per_participant: 2}\n")
+    proc = await _run_cli(tmp_path, "--epochs", "1", "--genesis", str(genesis_file), "--poc-slot-policy", "none",
+                          "--misbehave", "peer1=skip-seed")
+    try:
+        async with asyncio.timeout(60):
+            stdout, stderr = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    lines = [json.loads(line) for line in stdout.decode().splitlines()]
+    ready, epoch = lines[0], lines[1]
+    assert load_config(ready["config"], env={}).chain_node.chain_id == "custom-devnet"
+    # peer1 skipped its seed, so epoch 1 was formed without it; under "none" every node of the others mines.
+    assert [m["name"] for m in epoch["members"]] == ["peer2"]
+    nodes = [n for m in epoch["members"] for n in m["nodes"]]
+    assert len(nodes) == 2 and not any(n["poc_slot"] for n in nodes)
+    assert epoch["poc_slot_policy"] == "none"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--misbehave", "peer9=skip-seed"], "no peer 'peer9'"),
+    (["--misbehave", "peer1=fly"], "unknown misbehaviour 'fly'"),
+    (["--misbehave", "peer1"], "expected PEER=KIND"),
+    (["--genesis", "/nonexistent/genesis.yaml"], "devnet genesis /nonexistent/genesis.yaml"),
+])
+async def test_bad_devnet_options_fail_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    args = build_parser().parse_args(["devnet", "--no-daemon", "--write-config", str(tmp_path / "c.yaml"), *extra])
+    assert await run_no_daemon(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_the_command_line_knows_every_devnet_misbehaviour_and_policy() -> None:
+    assert MISBEHAVIOUR_KINDS == tuple(PEER_MISBEHAVIOURS)
+    assert POC_SLOT_POLICIES == tuple(p.value for p in PocSlotPolicy)

@@ -301,3 +301,20 @@ def test_half_nodes_counts_nodes_not_weight() -> None:
     assert serving(half) == {QWQ: [], Q7: []}
     by_weight = apply_weight_rule(assignment, epoch_index=1, participant_address=BOB)
     assert serving(by_weight) == {QWQ: [], Q7: ["s"]}
+
+
+# --- the "none" policy: the network before the plan ---------------------------------------------------
+
+
+def test_none_policy_lets_every_node_mine() -> None:
+    # chain-logic.md §6.3 D structure again: under "none" nobody keeps serving, overflow and ghost included.
+    hardware = [hw("n1", Q7, QWQ), hw("n2", Q7), hw("n3", QWQ), hw("n4", "unregistered/model")]
+    assignment = assign_models({"n1": 100, "n2": 200, "n3": 300, "n4": 400, "ghost": 50}, hardware, REGISTRY)
+    result = apply_poc_slot_policy(assignment, epoch_index=4, participant_address=BOB, policy="none")
+    assert serving(result) == {Q7: [], QWQ: []}
+    assert sorted(mining(result)) == ["ghost", "n1", "n2", "n3", "n4"]
+    # The same nodes, in the same lists: only the flags differ from the weight rule's answer.
+    weight = apply_poc_slot_policy(assignment, epoch_index=4, participant_address=BOB, policy="weight")
+    assert [[n.node_id for n in g.ml_nodes] for g in result.ml_nodes] == [
+        [n.node_id for n in g.ml_nodes] for g in weight.ml_nodes
+    ]

@@ -27,6 +27,7 @@ or forging distances (validators detect fraud).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -42,7 +43,7 @@ from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.logs import get_logger
 from dapi.mlnodeclient.models import ProofBatch
 
-__all__ = ["Misbehaviour", "PeerSimulator", "PeerTx"]
+__all__ = ["MISBEHAVIOUR_KINDS", "Misbehaviour", "PeerSimulator", "PeerTx", "parse_misbehave"]
 
 log = get_logger(__name__)
 
@@ -58,6 +59,36 @@ class Misbehaviour:
     mine_with_poc_slot_nodes: bool = False
     skip_seed: bool = False
     forge_batches: bool = False
+
+    @classmethod
+    def of_kinds(cls, kinds: Iterable[str]) -> Misbehaviour:
+        """From the command line's kind names (`mine-with-poc-slot`, `skip-seed`, `forge-batches`)."""
+        fields: dict[str, bool] = {}
+        for kind in kinds:
+            field_name = MISBEHAVIOUR_KINDS.get(kind)
+            if field_name is None:
+                raise ValueError(f"unknown misbehaviour {kind!r} (known: {', '.join(MISBEHAVIOUR_KINDS)})")
+            fields[field_name] = True
+        return cls(**fields)
+
+
+# Command-line name of each misbehaviour -> the Misbehaviour field it sets.
+MISBEHAVIOUR_KINDS = {
+    "mine-with-poc-slot": "mine_with_poc_slot_nodes",
+    "skip-seed": "skip_seed",
+    "forge-batches": "forge_batches",
+}
+
+
+def parse_misbehave(spec: str, peer_names: Iterable[str]) -> tuple[str, Misbehaviour]:
+    """`PEER=KIND[,KIND...]` (as `dapi devnet --misbehave` takes it) -> (peer name, Misbehaviour)."""
+    peer, sep, kinds = spec.partition("=")
+    names = list(peer_names)
+    if not sep or not peer or not kinds:
+        raise ValueError(f"--misbehave {spec!r}: expected PEER=KIND[,KIND...]")
+    if peer not in names:
+        raise ValueError(f"--misbehave {spec!r}: no peer {peer!r} (peers: {', '.join(names)})")
+    return peer, Misbehaviour.of_kinds(k.strip() for k in kinds.split(","))
 
 
 @dataclass(frozen=True, slots=True)

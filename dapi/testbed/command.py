@@ -29,8 +29,9 @@ from typing import Any
 import structlog
 
 from dapi.devnet.daemon_config import DaemonPorts, PortLayout
-from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, GenesisError, load_genesis
+from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, DevnetGenesis, GenesisError, load_genesis
 from dapi.devnet.network import SimulatedNetwork
+from dapi.devnet.peers import Misbehaviour, parse_misbehave
 from dapi.logs import configure_logging
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
@@ -62,6 +63,29 @@ class _Output:
         print(json.dumps(payload) if self.json_mode else text, flush=True)
 
 
+def devnet_setup(args: argparse.Namespace) -> tuple[DevnetGenesis, dict[str, Misbehaviour]]:
+    """The genesis and the misbehaving peers the command line asks for; ValueError/GenesisError say why not."""
+    path = getattr(args, "genesis", None)
+    if path is None and DEFAULT_GENESIS_PATH.exists():
+        path = DEFAULT_GENESIS_PATH
+    policy = getattr(args, "poc_slot_policy", None)
+    genesis = load_genesis(
+        path,
+        participants=getattr(args, "participants", None),
+        nodes_per_participant=getattr(args, "nodes_per_participant", None),
+        block_time=getattr(args, "block_time", None),
+        overrides={"poc_slot_policy": policy} if policy else None,
+    )
+    if len(genesis.participants) < 2:
+        raise ValueError("--participants must count the own participant and at least one peer")
+    peer_names = [p.name for p in genesis.peers]
+    misbehaviour: dict[str, Misbehaviour] = {}
+    for spec in getattr(args, "misbehave", None) or ():
+        peer, behaviour = parse_misbehave(spec, peer_names)
+        misbehaviour[peer] = behaviour
+    return genesis, misbehaviour
+
+
 async def run_no_daemon(args: argparse.Namespace) -> int:
     """The `dapi devnet --no-daemon --write-config PATH` command; returns the exit code."""
     if not getattr(args, "write_config", None):
@@ -71,22 +95,16 @@ async def run_no_daemon(args: argparse.Namespace) -> int:
         configure_logging()  # logs go to stderr; stdout carries only the ready/epoch/summary lines
     out = _Output(bool(getattr(args, "json", False)))
     try:
-        genesis = load_genesis(
-            DEFAULT_GENESIS_PATH if DEFAULT_GENESIS_PATH.exists() else None,
-            participants=getattr(args, "participants", None),
-            nodes_per_participant=getattr(args, "nodes_per_participant", None),
-            block_time=getattr(args, "block_time", None),
-        )
+        genesis, misbehaviour = devnet_setup(args)
         layout = _layout(getattr(args, "base_port", None))
     except (GenesisError, ValueError) as exc:
         print(f"dapi devnet: {exc}", file=sys.stderr)
         return 2
-    if len(genesis.participants) < 2:
-        print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
-        return 2
 
     devnet = SimulatedNetwork(genesis, rpc_port=layout.chain_rpc, grpc_port=layout.chain_grpc,
                               mlnode_port=layout.mlnodes)
+    for peer, behaviour in misbehaviour.items():
+        devnet.peers.set_misbehaviour(peer, behaviour)
     stop = asyncio.Event()
     remove_signals = install_stop_signals(stop)
     try:
@@ -137,20 +155,17 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
                                "DAPI_LOG_FORMAT": os.environ.get("DAPI_LOG_FORMAT", "json")})
     out = _Output(json_mode)
     try:
+        genesis, misbehaviour = devnet_setup(args)
         layout = _layout(getattr(args, "base_port", None))
-    except ValueError as exc:
+    except (GenesisError, ValueError) as exc:
         print(f"dapi devnet: {exc}", file=sys.stderr)
-        return 2
-    if args.participants < 2:
-        print("dapi devnet: --participants must count the own participant and at least one peer", file=sys.stderr)
         return 2
     stop = asyncio.Event()
     remove_signals = install_stop_signals(stop)
     tasks = TaskOwner("devnet-command")
     try:
         session = DevnetSession(
-            participants=args.participants, nodes_per_participant=args.nodes_per_participant,
-            block_time=args.block_time, ports=layout.daemon,
+            genesis=genesis, misbehaviour=misbehaviour, block_time=None, ports=layout.daemon,
             devnet_ports=(layout.chain_rpc, layout.chain_grpc, layout.mlnodes), work_dir=work_dir,
         )
         try:
@@ -231,7 +246,8 @@ async def _watch(
         while devnet.ledger.effective_epoch().index > announced:
             announced += 1
             report = devnet.report(announced)
-            payload: dict[str, Any] = {"event": "epoch", **(report.as_json() if report else {"epoch_index": announced})}
+            payload: dict[str, Any] = {"event": "epoch", **(report.as_json() if report else {"epoch_index": announced}),
+                                       "poc_slot_policy": str(devnet.genesis.poc_slot_policy)}
             members = ", ".join(f"{m.name}={m.weight}" for m in report.members) if report else "-"
             out.event(payload, f"epoch {announced} effective: members {members or '(none)'}")
             if report is None or not report.members:

@@ -95,6 +95,7 @@ class HealthWatch:
             self._collect_batches(ctx.start_of_poc)
             if self.on_epoch is not None:
                 self.on_epoch({"event": "epoch", **report.as_json(),
+                               "poc_slot_policy": str(devnet.genesis.poc_slot_policy),
                                "poc": [c.as_json() for c in self.poc if c.epoch == epoch],
                                "models_ok": self.models[-1].equal if self.models else None})
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from dapi.config import load_config
 from dapi.daemon import Daemon, resolve_identity
 from dapi.devnet.daemon_config import DaemonPorts
+from dapi.devnet.genesis import DevnetGenesis
 from dapi.devnet.network import SimulatedNetwork
+from dapi.devnet.peers import Misbehaviour
 from dapi.logs import get_logger
 
 log = get_logger(__name__)
@@ -24,14 +27,17 @@ class DevnetSession:
     """A devnet and the real daemon of its own participant, started by ``async with`` and stopped together.
 
     Args:
-        participants: how many participants the devnet has, the own one included.
-        nodes_per_participant: how many simulated ML nodes each participant has.
-        block_time: seconds between devnet blocks.
+        participants: how many participants the devnet has, the own one included (without ``genesis``).
+        nodes_per_participant: how many simulated ML nodes each participant has (without ``genesis``).
+        block_time: seconds between devnet blocks; None takes the genesis' block time.
         ports: the daemon's public, ML callback and admin ports; None lets the OS choose all three.
         devnet_ports: the chain RPC, chain gRPC and simulated ML node ports; 0 lets the OS choose.
         work_dir: where the daemon config, signer key and data go; None uses a temporary folder, removed on exit.
         fast_polling: shorten the daemon's poll and sync intervals to a few blocks, to suit the devnet's
             seconds-long epochs.
+        genesis: the devnet genesis to run (``--genesis`` and the command line's overrides); None builds
+            the default one with the counts above.
+        misbehaviour: peers told to break rules from the start, by peer name.
     """
 
     def __init__(
@@ -39,15 +45,24 @@ class DevnetSession:
         *,
         participants: int = 3,
         nodes_per_participant: int = 4,
-        block_time: float = 0.5,
+        block_time: float | None = 0.5,
         ports: DaemonPorts | None = None,
         devnet_ports: tuple[int, int, int] = (0, 0, 0),  # chain RPC, gRPC, sim ML nodes
         work_dir: Path | None = None,
         fast_polling: bool = True,
+        genesis: DevnetGenesis | None = None,
+        misbehaviour: Mapping[str, Misbehaviour] | None = None,
     ) -> None:
         rpc_port, grpc_port, ml_port = devnet_ports
-        self.devnet = SimulatedNetwork(participants=participants, nodes_per_participant=nodes_per_participant,
-                             block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port, mlnode_port=ml_port)
+        if genesis is not None:
+            self.devnet = SimulatedNetwork(genesis, block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port,
+                                           mlnode_port=ml_port)
+        else:
+            self.devnet = SimulatedNetwork(participants=participants, nodes_per_participant=nodes_per_participant,
+                                           block_time=block_time, rpc_port=rpc_port, grpc_port=grpc_port,
+                                           mlnode_port=ml_port)
+        for peer, behaviour in (misbehaviour or {}).items():
+            self.devnet.peers.set_misbehaviour(peer, behaviour)
         self.ports = ports or DaemonPorts(0, 0, 0)
         self._work_dir = work_dir
         self._tmp: tempfile.TemporaryDirectory[str] | None = None

@@ -20,6 +20,7 @@ __all__ = [
     "ModelAssignment",
     "PocSlotPolicy",
     "apply_half_nodes_rule",
+    "apply_none_rule",
     "apply_poc_slot_policy",
     "apply_weight_rule",
     "assign_models",
@@ -33,6 +34,7 @@ class PocSlotPolicy(StrEnum):
 
     WEIGHT = "weight"  # the seed plan (DESIGN.md §6): weight-based, with carry across models
     HALF_NODES = "half-nodes"  # the reference chain: floor(n/2) of n nodes per model keep serving
+    NONE = "none"  # every node mines: the network before the schedule plan, for comparison
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,21 @@ def apply_poc_slot_policy(
     participant_address: str,
     policy: PocSlotPolicy | str = PocSlotPolicy.WEIGHT,
 ) -> ModelAssignment:
-    # PocSlotPolicy(...) also accepts the plain config string ("weight" / "half-nodes").
-    rule = apply_weight_rule if PocSlotPolicy(policy) is PocSlotPolicy.WEIGHT else apply_half_nodes_rule
+    # PocSlotPolicy(...) also accepts the plain config string ("weight" / "half-nodes" / "none").
+    rule = _RULES[PocSlotPolicy(policy)]
     return rule(assignment, epoch_index=epoch_index, participant_address=participant_address)
+
+
+def apply_none_rule(assignment: ModelAssignment, *, epoch_index: int, participant_address: str) -> ModelAssignment:
+    """No node keeps serving during PoC: every node mines (POC_SLOT=false), as before the schedule plan."""
+    for index in range(len(assignment.models)):
+        nodes = assignment.ml_nodes[index].ml_nodes
+        assignment = _replace_list(assignment, index, [node.with_poc_slot(False) for node in nodes])
+    return assignment
+
+
+_RULES = {
+    PocSlotPolicy.WEIGHT: apply_weight_rule,
+    PocSlotPolicy.HALF_NODES: apply_half_nodes_rule,
+    PocSlotPolicy.NONE: apply_none_rule,
+}
