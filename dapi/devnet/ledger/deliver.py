@@ -1,9 +1,10 @@
 """DeliverTx, as the SDK's baseapp runs a tx in a block: every message through its handler, all or nothing.
 
-`deliver_tx` runs the tx's effective messages (MsgExec unwrapped) through `handlers.handle` at the
-block's height. If one fails, nothing the tx would have written is written and the tx's result is
-that failure's code, with the position of the failing message in the log; otherwise every effect is
-applied and the result carries TxMsgData (one response per top-level message) and the message events.
+`deliver_tx` runs the tx's effective messages (MsgExec unwrapped) through `handlers.handle` in the
+block `ctx` describes. If one fails, nothing the tx would have written is written and the tx's result
+is that failure's code, with the position of the failing message in the log; otherwise every effect is
+applied and the result carries TxMsgData (one response per top-level message), the message events and,
+after each message's event, the module events its handler emitted (`inference_finished`, ...).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from google.protobuf.message import Message
 from dapi.chain.messages import pack_any, type_url_of
 from dapi.chain.tx import DecodedTx
 from dapi.devnet.ledger.codes import CODESPACE_SDK, TxFailure
+from dapi.devnet.ledger.context import BlockContext
 from dapi.devnet.ledger.handlers import Effect, handle
 from dapi.devnet.ledger.records import TxEvent, TxRecord, rfc3339
 from dapi.devnet.ledger.state import InferenceState
@@ -30,9 +32,10 @@ _MSG_EXEC_URL = type_url_of(MsgExec)
 
 
 def deliver_tx(
-    state: InferenceState, tx: DecodedTx, raw: bytes, hash_hex: str, *, height: int, index: int, block_time: int
+    state: InferenceState, tx: DecodedTx, raw: bytes, hash_hex: str, *, ctx: BlockContext, index: int
 ) -> TxRecord:
-    """Apply one tx at `height` (its `index` in the block) and return its result record."""
+    """Apply one tx in the block `ctx` describes (its `index` in the block) and return its result record."""
+    height, block_time = ctx.height, ctx.time_ns
     events = [
         TxEvent("tx", (("fee", ""), ("fee_payer", tx.signer_address))),
         TxEvent("tx", (("acc_seq", f"{tx.signer_address}/{tx.sequence}"),)),
@@ -43,7 +46,7 @@ def deliver_tx(
     responses: list[Message] = []
     for position, em in enumerate(tx.effective_messages):
         try:
-            effect, response = handle(state, em.type_url, em.message, height)
+            effect, response = handle(state, em.type_url, em.message, ctx)
         except TxFailure as failure:
             code, codespace = failure.code, failure.codespace
             text = f"failed to execute message; message index: {position}: {failure.log}"
@@ -55,19 +58,23 @@ def deliver_tx(
         effects.append(effect)
         responses.append(response)
     if code == 0:
-        for effect in effects:  # all or nothing, like a tx's cached store
-            effect()
+        # All or nothing, like a tx's cached store: effects run only once every message passed.
+        emitted = [list(effect() or ()) for effect in effects]
         data = _msg_data(tx, responses).SerializeToString()
+        position = 0
         for packed, message in zip(tx.body.messages, tx.messages, strict=True):
             module = "authz" if packed.type_url == _MSG_EXEC_URL else "inference"
             events.append(TxEvent("message", (("action", packed.type_url), ("sender", tx.signer_address),
                                               ("module", module))))
             if isinstance(message, MsgExec):
-                events.extend(
-                    TxEvent("message", (("action", inner.type_url), ("module", "inference"),
-                                        ("sender", message.grantee)))
-                    for inner in message.msgs
-                )
+                for inner in message.msgs:
+                    events.append(TxEvent("message", (("action", inner.type_url), ("module", "inference"),
+                                                      ("sender", message.grantee))))
+                    events.extend(emitted[position])
+                    position += 1
+            else:
+                events.extend(emitted[position])
+                position += 1
     return TxRecord(
         hash=hash_hex,
         height=height,
