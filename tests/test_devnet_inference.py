@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inference_msgs import QWEN, QWQ, finish_msg, make_request, start_msg
 
 from dapi.chain.keys import SigningKey
 from dapi.chain.tx import TxSigner
@@ -32,8 +33,6 @@ from dapi.gen.cosmos.base.abci.v1beta1.abci_pb2 import TxMsgData
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.signatures import ClientScheme, dev_signed_bytes, sign, ta_signed_bytes
 
-QWQ = "Qwen/QwQ-32B"
-QWEN = "Qwen/Qwen2.5-7B-Instruct"
 READY = 55  # epoch 1 effective, Inference phase
 PRICE = 1000  # no dynamic price: the chain's default per-token cost
 
@@ -65,63 +64,6 @@ def ta(genesis: DevnetGenesis) -> ParticipantSpec:
 @pytest.fixture
 def executor(genesis: DevnetGenesis) -> ParticipantSpec:
     return genesis.peers[0]
-
-
-@dataclass
-class Request:
-    """One client request as the three parties sign it (inference.md §6)."""
-
-    body: str
-    timestamp: int
-    requester: str
-    ta: str
-    executor: str
-    inference_id: str
-    ta_signature: str
-    executor_signature: str
-
-
-_counter = iter(range(1, 10**9))
-
-
-def make_request(client: ClientSpec | SigningKey, ta: ParticipantSpec, executor: ParticipantSpec, *,
-                 model: str = QWQ, scheme: ClientScheme = ClientScheme.RAW) -> Request:
-    key = client.key if isinstance(client, ClientSpec) else client
-    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi {next(_counter)}"}}]}}'
-    ts = 1_700_000_000_000_000_000 + next(_counter)
-    raw = body.encode()
-    signed = ta_signed_bytes(raw, ts, ta.address, executor.address)
-    return Request(
-        body=body, timestamp=ts, requester=key.address, ta=ta.address, executor=executor.address,
-        inference_id=sign(key, dev_signed_bytes(raw, ts, ta.address, scheme)),
-        ta_signature=sign(ta.signer_key, signed),  # the TA signs with its signer key (a grantee)
-        executor_signature=sign(executor.signer_key, signed),
-    )
-
-
-def start_msg(req: Request, *, model: str = QWQ, max_tokens: int = 100, prompt_tokens: int = 10,
-              **overrides: object) -> itx.MsgStartInference:
-    fields: dict[str, object] = dict(
-        creator=req.ta, inference_id=req.inference_id, prompt_hash="ab" * 32, prompt_payload=req.body + "\n",
-        model=model, requested_by=req.requester, assigned_to=req.executor, node_version="",
-        max_tokens=max_tokens, prompt_token_count=prompt_tokens, request_timestamp=req.timestamp,
-        transfer_signature=req.ta_signature, original_prompt=req.body,
-    )
-    fields.update(overrides)
-    return itx.MsgStartInference(**fields)  # type: ignore[arg-type]
-
-
-def finish_msg(req: Request, *, model: str = QWQ, prompt_tokens: int = 12, completion_tokens: int = 50,
-               **overrides: object) -> itx.MsgFinishInference:
-    fields: dict[str, object] = dict(
-        creator=req.executor, inference_id=req.inference_id, response_hash="cd" * 32,
-        response_payload='{"choices":[]}', prompt_token_count=prompt_tokens,
-        completion_token_count=completion_tokens, executed_by=req.executor, transferred_by=req.ta,
-        request_timestamp=req.timestamp, transfer_signature=req.ta_signature,
-        executor_signature=req.executor_signature, requested_by=req.requester, original_prompt=req.body, model=model,
-    )
-    fields.update(overrides)
-    return itx.MsgFinishInference(**fields)  # type: ignore[arg-type]
 
 
 def tx_signer(ledger: Ledger, who: ParticipantSpec) -> TxSigner:
