@@ -306,6 +306,34 @@ def test_a_model_without_a_sub_group_fails_the_completing_message(
     assert ledger.state.inferences[req.inference_id].status is InferenceStatus.STARTED  # all or nothing
 
 
+def test_one_tx_may_start_and_finish_and_is_undone_as_a_whole(
+    ledger: Ledger, client: ClientSpec, ta: ParticipantSpec, executor: ParticipantSpec
+) -> None:
+    before = ledger.state.balance(client.address)
+    # The Finish's creator is not checked, so the transfer agent may send both (its signer holds both grants).
+    req = make_request(client, ta, executor)
+    check = ledger.check_tx(tx_signer(ledger, ta).sign([start_msg(req), finish_msg(req, creator=ta.address)]).raw)
+    assert check.ok
+    ledger.make_block()
+    both = ledger.tx(check.hash)
+    assert both is not None and both.code == 0
+    assert events(both, "inference_finished") == [{"inference_id": req.inference_id}]
+    cost = ledger.state.inferences[req.inference_id].actual_cost
+    assert ledger.state.balance(client.address) == before - cost
+    # The second message fails: the first one's escrow and record are undone with it.
+    bad = make_request(client, ta, executor)
+    check = ledger.check_tx(tx_signer(ledger, ta).sign(
+        [start_msg(bad), finish_msg(bad, creator=ta.address, executor_signature=bad.ta_signature)]).raw)
+    assert check.ok
+    ledger.make_block()
+    failed_tx = ledger.tx(check.hash)
+    assert failed_tx is not None and failed(failed_tx, InferenceCode.INVALID_SIGNATURE)
+    assert "message index: 1" in failed_tx.log
+    assert bad.inference_id not in ledger.state.inferences
+    assert ledger.state.balance(client.address) == before - cost
+    assert ledger.state.balance(INFERENCE_MODULE_ADDRESS) == cost
+
+
 # --- the checks, in order, with their codes -----------------------------------------------------------
 
 

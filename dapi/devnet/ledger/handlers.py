@@ -4,9 +4,9 @@
 `ctx` describes and returns what it would write (an `Effect`, run only if every message of the tx
 passes: a tx is all or nothing; it returns the module events the message emits) and the message's
 response. A rule violation raises `TxFailure` in codespace "inference" (or the bank's "sdk" code);
-the ledger turns it into the tx's result code in the block. Every message of a tx is checked against
-the state before the tx (the daemon sends one message per tx). The inference path's own messages live
-in `inference_msgs` (Start, Finish) and `validations` (MsgValidation, the claim-time check).
+the ledger turns it into the tx's result code in the block (`deliver` runs a tx's messages in order,
+each seeing what the previous ones wrote). The inference path's own messages live in `inference_msgs`
+(Start, Finish) and `validations` (MsgValidation, the claim-time check).
 """
 
 from __future__ import annotations

@@ -9,10 +9,11 @@ holding the escrow of running inferences and the coins executors earned until se
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import bech32
 
@@ -174,6 +175,32 @@ class InferenceState:
             return None
         subs = tuple(g for m in parent.sub_group_models if (g := self.groups.get((epoch_index, m))) is not None)
         return parent, subs
+
+    # --- undo ------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> InferenceState:
+        """A copy of every container of the store, for `restore`.
+
+        Records are immutable, and containers nest at most a list in a dict, so copying the containers
+        two levels deep is a full copy of what a handler can change (genesis, the registry, which is
+        replaced whole, and the group id counter, which only EndBlock draws from, are shared).
+        """
+        copied = copy.copy(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value = {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+            elif isinstance(value, list):
+                value = list(value)
+            elif isinstance(value, History):
+                value = value.copy()
+            setattr(copied, f.name, value)
+        return copied
+
+    def restore(self, snapshot: InferenceState) -> None:
+        """Put back everything `snapshot` holds (a failed tx of several messages is undone this way)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(snapshot, f.name))
 
     # --- bank and the inference path ----------------------------------------------------------------
 
