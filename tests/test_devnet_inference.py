@@ -138,6 +138,7 @@ def test_start_then_finish_escrows_then_pays_the_cost_and_refunds_the_rest(
         executor.address, QWQ, sub.total_weight, 1)
     assert details.executor_power == parent.weight_of(executor.address).weight  # type: ignore[union-attr]
     assert ledger.tokens_by_model(0, 2**62) == {QWQ: (62, 1)}
+    assert ledger.inference_totals(1) == {QWQ: (1, 62)} and ledger.inference_totals(2) == {}
 
 
 def test_a_cost_above_the_escrow_pays_the_escrow_and_keeps_the_uncapped_cost(

@@ -269,6 +269,10 @@ class Ledger:
         else:
             self.state.model_prices[model] = price
 
+    def inference_totals(self, epoch_index: int) -> dict[str, tuple[int, int]]:
+        """(requests, tokens) per model of the inferences completed while `epoch_index` was effective."""
+        return self.state.completed_by_model(epoch_index)
+
     def set_inference_url(self, participant: str, url: str) -> None:
         """Point a participant's record at the API node that serves it (as MsgSubmitNewParticipant would)."""
         self.state.participants[participant] = replace(self.state.participants[participant], inference_url=url)

@@ -221,6 +221,17 @@ class InferenceState:
         """The price an inference of `model` locks now (`ModelCurrentPriceMap`, else the chain's default)."""
         return self.model_prices.get(model, DEFAULT_PER_TOKEN_PRICE)
 
+    def completed_by_model(self, epoch_index: int) -> dict[str, tuple[int, int]]:
+        """(requests, prompt + completion tokens) per model of the inferences completed in an epoch."""
+        totals: dict[str, tuple[int, int]] = {}
+        for (epoch, inference_id), details in self.validation_details.items():
+            inference = self.inferences.get(inference_id)
+            if epoch != epoch_index or inference is None:
+                continue
+            requests, tokens = totals.get(details.model, (0, 0))
+            totals[details.model] = (requests + 1, tokens + inference.total_tokens)
+        return dict(sorted(totals.items()))
+
     def set_inference(self, inference: Inference) -> None:
         """Store an inference and its developer statistics entry (the chain's SetInference, §2.8)."""
         self.inferences[inference.inference_id] = inference
