@@ -97,7 +97,9 @@ class Ledger:
 
     * **genesis** - The devnet genesis: chain id, epoch/PoC/reward params, governance models, the
     participants (each gets an account for its account key and one for its signer key, numbered from
-    10 in genesis order, and is a validator of epoch 0 with its genesis weight) and the authz grants.
+    10 in genesis order, and is a validator of epoch 0 with its genesis weight), the funded client
+    accounts (numbered after them; each also gets a participant record, as a developer needs one) and
+    the authz grants.
     * **genesis_time_ns** - *(optional)* The genesis time, in nanoseconds since the Unix epoch: the
     ledger's clock for CheckTx until block 1 is made. Defaults to now.
     """
