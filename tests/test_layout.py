@@ -22,6 +22,8 @@ SIMULATOR_MAY_IMPORT = (
     "dapi.chain.tx",
     "dapi.chain.messages",
     "dapi.chain.gojson",
+    "dapi.inference.signatures",
+    "dapi.inference.sampling",
     "dapi.mlnodeclient.models",
     "dapi.runtime",
     "dapi.logs",

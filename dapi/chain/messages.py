@@ -53,6 +53,12 @@ REGISTRY: Mapping[str, type[Message]] = _registry(
         inference_tx_pb2.MsgSubmitSeedResponse,
         inference_tx_pb2.MsgClaimRewards,
         inference_tx_pb2.MsgClaimRewardsResponse,
+        inference_tx_pb2.MsgStartInference,
+        inference_tx_pb2.MsgStartInferenceResponse,
+        inference_tx_pb2.MsgFinishInference,
+        inference_tx_pb2.MsgFinishInferenceResponse,
+        inference_tx_pb2.MsgValidation,
+        inference_tx_pb2.MsgValidationResponse,
         authz_tx_pb2.MsgExec,
         authz_tx_pb2.MsgExecResponse,
         authz_tx_pb2.MsgGrant,
@@ -76,6 +82,9 @@ INFERENCE_MSG_TYPE_URLS: tuple[str, ...] = tuple(
         inference_tx_pb2.MsgSubmitHardwareDiff,
         inference_tx_pb2.MsgSubmitSeed,
         inference_tx_pb2.MsgClaimRewards,
+        inference_tx_pb2.MsgStartInference,
+        inference_tx_pb2.MsgFinishInference,
+        inference_tx_pb2.MsgValidation,
     )
 )
 

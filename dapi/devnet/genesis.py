@@ -32,6 +32,7 @@ from dapi.chain.messages import INFERENCE_MSG_TYPE_URLS
 from dapi.devnet.genesis_file import (
     DEFAULT_SPEC,
     BandwidthLimits,
+    ClientsSection,
     DynamicPricingParams,
     GenesisFile,
     ParticipantsSection,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_GENESIS_PATH",
     "DEFAULT_SPEC",
     "BandwidthLimits",
+    "ClientSpec",
     "DevnetGenesis",
     "GenesisError",
     "GenesisFile",
@@ -119,6 +121,30 @@ class ParticipantSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSpec:
+    """A developer account funded at genesis: it signs inference requests and pays for them.
+
+    Compared by value (the private key bytes), so the same genesis read twice gives equal clients.
+    """
+
+    name: str
+    private_key: bytes
+    address: str
+    public_key: bytes
+    balance: int
+
+    @classmethod
+    def derive(cls, key_seed: str, name: str, balance: int) -> ClientSpec:
+        key = derive_key(key_seed, name, "account")
+        return cls(name=name, private_key=key.private_key_bytes, address=key.address, public_key=key.public_key,
+                   balance=balance)
+
+    @property
+    def key(self) -> SigningKey:
+        return SigningKey(self.private_key)
+
+
+@dataclass(frozen=True, slots=True)
 class Grant:
     """An authz GenericAuthorization: `grantee` may send `msg_type_url` for `granter`."""
 
@@ -145,6 +171,7 @@ class DevnetGenesis:
     participants: tuple[ParticipantSpec, ...]
     grants: tuple[Grant, ...]
     peer_behaviour: PeerBehaviour
+    clients: tuple[ClientSpec, ...] = ()
 
     @property
     def own(self) -> ParticipantSpec:
@@ -196,6 +223,10 @@ def _participants(spec: ParticipantsSection, key_seed: str) -> tuple[Participant
     )
 
 
+def _clients(spec: ClientsSection, key_seed: str) -> tuple[ClientSpec, ...]:
+    return tuple(ClientSpec.derive(key_seed, name, spec.balance) for name in spec.names())
+
+
 def _one_line(exc: ValidationError) -> str:
     """The first problem as `key.path: message`; a check across sections names its keys itself."""
     errors = exc.errors(include_url=False)
@@ -244,6 +275,7 @@ def genesis_from_spec(spec: Mapping[str, Any], *, source: str = "devnet genesis"
             for url in INFERENCE_MSG_TYPE_URLS
         ),
         peer_behaviour=file.peers,
+        clients=_clients(file.clients, file.key_seed),
     )
 
 

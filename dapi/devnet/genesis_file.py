@@ -19,6 +19,7 @@ from dapi.devnet.schedule.records import Decimal, Hardware, Model
 __all__ = [
     "DEFAULT_SPEC",
     "BandwidthLimits",
+    "ClientsSection",
     "DynamicPricingParams",
     "GenesisFile",
     "ParticipantsSection",
@@ -123,11 +124,23 @@ class PocModuleParams(_Section):
 
 
 class ValidationParams(_Section):
-    """The part of the chain's `ValidationParams` the devnet uses."""
+    """The part of the chain's `ValidationParams` the devnet uses (defaults: mainnet's)."""
 
     expiration_blocks: int = 20
     timestamp_expiration: int = 60
     timestamp_advance: int = 30
+    # Inference validation (reference/inference.md §4.1, §4.4): sampling and the executor's status.
+    false_positive_rate: _Decimal = Decimal(5, -2)
+    min_ramp_up_measurements: _NonNegative = 10
+    pass_value: _Decimal = Decimal(99, -2)
+    min_validation_average: _Decimal = Decimal(1, -2)
+    max_validation_average: _Decimal = Decimal(1, 0)
+    epochs_to_max: _NonNegative = 30
+    full_validation_traffic_cutoff: _NonNegative = 10000
+    min_validation_halfway: _Decimal = Decimal(5, -2)
+    min_validation_traffic_cutoff: _NonNegative = 100
+    miss_percentage_cutoff: _Decimal = Decimal(1, -2)
+    miss_requests_penalty: _Decimal = Decimal(1, 0)
 
 
 class BandwidthLimits(_Section):
@@ -176,6 +189,21 @@ class ParticipantsSection(_Section):
         return [self.own_name, *(f"{self.peer_name_prefix}{i}" for i in range(1, self.count))]
 
 
+class ClientsSection(_Section):
+    """Developer accounts funded at genesis: who sends inference requests (gonka-openai, `--load`).
+
+    Each client gets an account, a participant record (as MsgSubmitNewUnfundedParticipant would make it,
+    without a URL or weight) and `balance` ngonka; its key is derived from `key_seed` and its name.
+    """
+
+    count: _NonNegative = 1
+    name_prefix: _Text = "client"
+    balance: _NonNegative = 1_000_000_000_000_000
+
+    def names(self) -> list[str]:
+        return [f"{self.name_prefix}{i}" for i in range(1, self.count + 1)]
+
+
 class GenesisFile(_Section):
     """A devnet genesis file (`config/devnet.yaml`); every key may be left out for its default."""
 
@@ -192,6 +220,7 @@ class GenesisFile(_Section):
     # The two genesis models of reference/chain-logic.md §14 (mainnet values), as the schedule package has them.
     models: list[_ModelSpec] = Field(default_factory=lambda: [_ModelSpec.of(m) for m in GENESIS_MODELS], min_length=1)
     participants: ParticipantsSection = ParticipantsSection()
+    clients: ClientsSection = ClientsSection()
     peers: PeerBehaviour = PeerBehaviour()
 
     @model_validator(mode="after")
@@ -209,6 +238,8 @@ class GenesisFile(_Section):
         names = self.participants.names()
         if len(set(names)) != len(names):
             raise ValueError(f"participants.own_name: {names[0]!r} collides with a peer name")
+        if set(names) & set(self.clients.names()):
+            raise ValueError("clients.name_prefix: a client name collides with a participant name")
         return self
 
 

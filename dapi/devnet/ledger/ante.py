@@ -20,8 +20,11 @@ from google.protobuf.message import Message
 from dapi.chain.tx import DecodedTx, TxDecodeError, decode_tx, verify_tx_signature
 from dapi.devnet.genesis import Grant
 from dapi.devnet.ledger.codes import SdkCode, sdk_failure
+from dapi.devnet.ledger.context import GrantKey
 from dapi.devnet.ledger.handlers import HANDLED_TYPE_URLS
+from dapi.devnet.ledger.inference_msgs import validate_finish_basic, validate_start_basic
 from dapi.devnet.ledger.records import Account, rfc3339, valid_address
+from dapi.devnet.ledger.validations import validate_validation_basic
 from dapi.gen.cosmos.authz.v1beta1.tx_pb2 import MsgExec
 from dapi.gen.inference.inference import tx_pb2 as itx
 
@@ -29,8 +32,6 @@ __all__ = ["MAX_UNORDERED_TTL_NS", "AnteContext", "GrantKey", "run_ante", "valid
 
 # The SDK's unordered-tx TTL limit (10 minutes).
 MAX_UNORDERED_TTL_NS = 600 * 1_000_000_000
-
-GrantKey = tuple[str, str, str]  # (granter, grantee, message type URL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,12 @@ def validate_basic(type_url: str, message: Message) -> None:
     """Each message's ValidateBasic (stateless); unknown message types cannot be routed."""
     if type_url not in HANDLED_TYPE_URLS:
         raise sdk_failure(SdkCode.UNKNOWN_REQUEST, f"unrecognized message type {type_url!r} for the devnet chain")
+    if isinstance(message, itx.MsgStartInference):
+        return validate_start_basic(message)
+    if isinstance(message, itx.MsgFinishInference):
+        return validate_finish_basic(message)
+    if isinstance(message, itx.MsgValidation):
+        return validate_validation_basic(message)
     creator = getattr(message, "creator", "")
     if not valid_address(creator):
         raise sdk_failure(SdkCode.INVALID_ADDRESS, f"invalid creator address ({creator!r})")

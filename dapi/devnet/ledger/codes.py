@@ -29,6 +29,7 @@ class SdkCode:
 
     TX_DECODE = 2
     UNAUTHORIZED = 4
+    INSUFFICIENT_FUNDS = 5
     UNKNOWN_REQUEST = 6
     INVALID_ADDRESS = 7
     INVALID_PUBKEY = 8
@@ -45,6 +46,7 @@ class SdkCode:
 _SDK_TEXT = {
     SdkCode.TX_DECODE: "tx parse error",
     SdkCode.UNAUTHORIZED: "unauthorized",
+    SdkCode.INSUFFICIENT_FUNDS: "insufficient funds",
     SdkCode.UNKNOWN_REQUEST: "unknown request",
     SdkCode.INVALID_ADDRESS: "invalid address",
     SdkCode.INVALID_PUBKEY: "invalid pubkey",
@@ -62,25 +64,49 @@ _SDK_TEXT = {
 class InferenceCode:
     """Result codes of the inference module's message rules (codespace "inference").
 
-    1103/1107/1108/1116/1134 are the gonka chain's own numbers; the rest are the devnet's, for rules
-    whose chain code is not pinned by the spec.
+    1101-1135 are the gonka chain's own numbers (reference/inference.md §2, §4); 1150 and up are the
+    devnet's, for rules whose chain code is not pinned by the spec.
     """
 
+    INFERENCE_ID_EXISTS = 1101
+    INFERENCE_NOT_FOUND = 1102
     PARTICIPANT_NOT_FOUND = 1103
+    INFERENCE_NOT_FINISHED = 1104
+    CANNOT_VALIDATE_OWN_INFERENCE = 1105
+    REQUESTER_CANNOT_PAY = 1106  # text only: the escrow failure itself is the bank's code
     POC_WRONG_START_BLOCK_HEIGHT = 1107
     POC_TOO_LATE = 1108
     CLAIM_SIGNATURE_INVALID = 1116
+    VALIDATIONS_MISSED = 1117
+    INFERENCE_HAS_INVALID_MODEL = 1125
+    MODEL_SUB_GROUP_NOT_FOUND = 1126
+    COMPLETION_FAILED = 1127
+    INVALID_SIGNATURE = 1132
+    INFERENCE_EXPIRED = 1133
     INVALID_MODEL = InvalidModelError.code  # 1134
+    EPOCH_MODEL_NOT_FOUND = 1135
     UPCOMING_EPOCH_NOT_FOUND = 1150
     REWARDS_NOT_SETTLED = 1151
     REWARDS_ALREADY_CLAIMED = 1152
 
 
 _INFERENCE_TEXT = {
+    InferenceCode.INFERENCE_ID_EXISTS: "inference with id already exists",
+    InferenceCode.INFERENCE_NOT_FOUND: "inference with id not found",
     InferenceCode.PARTICIPANT_NOT_FOUND: "participant not found",
+    InferenceCode.INFERENCE_NOT_FINISHED: "inference not finished",
+    InferenceCode.CANNOT_VALIDATE_OWN_INFERENCE: "participant cannot validate own inference",
+    InferenceCode.REQUESTER_CANNOT_PAY: "requester cannot pay for inference",
     InferenceCode.POC_WRONG_START_BLOCK_HEIGHT: "start block height mismatch",
     InferenceCode.POC_TOO_LATE: "POC submission is too late",
     InferenceCode.CLAIM_SIGNATURE_INVALID: "claim signature invalid",
+    InferenceCode.VALIDATIONS_MISSED: "validations missed",
+    InferenceCode.INFERENCE_HAS_INVALID_MODEL: "inference has a model that has no sub-group",
+    InferenceCode.MODEL_SUB_GROUP_NOT_FOUND: "model sub-group not found",
+    InferenceCode.COMPLETION_FAILED: "inference completion failed",
+    InferenceCode.INVALID_SIGNATURE: "invalid signature",
+    InferenceCode.INFERENCE_EXPIRED: "inference expired",
+    InferenceCode.EPOCH_MODEL_NOT_FOUND: "epoch model not found",
     InferenceCode.UPCOMING_EPOCH_NOT_FOUND: "upcoming epoch not found",
     InferenceCode.REWARDS_NOT_SETTLED: "rewards not settled",
     InferenceCode.REWARDS_ALREADY_CLAIMED: "rewards already claimed",

@@ -1,11 +1,13 @@
 """The EndBlock stages of reference/chain-logic.md §10, over the inference module's state.
 
-`end_block(state, height)` runs the stages due at `height`, each against the epoch that was effective
-at the start of the block, through the pure schedule logic of `dapi.devnet.schedule`:
+`end_block(state, height)` first expires the started inferences whose timeout is `height`
+(reference/inference.md §2.6), then runs the stages due at `height`, each against the epoch that was
+effective at the start of the block, through the pure schedule logic of `dapi.devnet.schedule`:
 
 - start of PoC (h = next PoC start): create Epoch{effective + 1, h} and its empty parent group, and
   prune the PoC data that formation no longer needs;
-- end of PoC validation: settle the ending epoch (coverage bonus), then form the upcoming one from the
+- end of PoC validation: settle the ending epoch (coverage bonus, and the work coins executors earned,
+  whose epoch stats then start again), then form the upcoming one from the
   stage's batches and validations, the effective epoch's validators and allocations, seeds, hardware
   declarations and the governance registry (weights → assignment → 50% rule → groups with snapshots),
   and write its epoch report;
@@ -18,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from dapi.chain.epochs import EndBlockStage, Epoch, end_block_stages
+from dapi.devnet.ledger.inference_msgs import expire_inferences
+from dapi.devnet.ledger.inferences import EpochStats, ParticipantStatus
 from dapi.devnet.ledger.records import EpochReport, MemberReport, NodeReport
 from dapi.devnet.ledger.state import InferenceState
 from dapi.devnet.schedule.formation import FormationInput, form_epoch
@@ -33,6 +37,9 @@ log = get_logger(__name__)
 def end_block(state: InferenceState, height: int) -> tuple[EndBlockStage, ...]:
     """Run the stages due at `height`; returns the stage actions that ran."""
     effective = state.effective_epoch()  # as at the start of the block, for every stage (chain-logic §10)
+    expired = expire_inferences(state, height)
+    if expired:
+        log.info("devnet: inferences expired", height=height, count=len(expired))
     stages = end_block_stages(effective, state.params, height)
     for stage in stages:
         if stage is EndBlockStage.END_OF_POC_VALIDATION:
@@ -140,6 +147,7 @@ def settle(state: InferenceState, epoch_index: int, height: int) -> None:
                                 epoch_index - rewards.genesis_epoch)
     shares = settle_epoch_rewards(parent, subs, amount)
     state.rewards[epoch_index] = {s.participant: s for s in shares}
+    settle_work(state, epoch_index)
     report = state.reports.get(epoch_index)
     if report is not None:
         by_address = state.rewards[epoch_index]
@@ -150,6 +158,22 @@ def settle(state: InferenceState, epoch_index: int, height: int) -> None:
         )
         state.reports[epoch_index] = replace(report, members=members, epoch_reward=amount,
                                              settled_at_height=height)
+
+
+def settle_work(state: InferenceState, epoch_index: int) -> None:
+    """What executors earned becomes claimable for the settled epoch; coin balances and epoch stats restart.
+
+    An INVALID participant's positive balance is not paid (as the chain's settlement); a negative one
+    (invalidated work already settled) is carried over.
+    """
+    settled: dict[str, int] = {}
+    for address, work in state.work.items():
+        coins = work.coin_balance
+        if coins > 0 and work.status is not ParticipantStatus.INVALID:
+            settled[address] = coins
+        state.work[address] = replace(work, coin_balance=min(coins, 0), current_epoch_stats=EpochStats(),
+                                      epochs_completed=work.epochs_completed + 1)
+    state.settled_work[epoch_index] = settled
 
 
 def build_report(

@@ -1,23 +1,29 @@
 """The inference module's message handlers, as the Cosmos SDK's msg server: the rules applied at block time.
 
-`handle(state, message, height)` checks one message against the module's state at that height and
-returns what it would write (an `Effect`, run only if every message of the tx passes: a tx is all or
-nothing) and the message's response. A rule violation raises `TxFailure` in codespace "inference";
-the ledger turns it into the tx's result code in the block.
+`handle(state, type_url, message, ctx)` checks one message against the module's state in the block
+`ctx` describes and returns what it would write (an `Effect`, run only if every message of the tx
+passes: a tx is all or nothing; it returns the module events the message emits) and the message's
+response. A rule violation raises `TxFailure` in codespace "inference" (or the bank's "sdk" code);
+the ledger turns it into the tx's result code in the block (`deliver` runs a tx's messages in order,
+each seeing what the previous ones wrote). The inference path's own messages live in `inference_msgs`
+(Start, Finish) and `validations` (MsgValidation, the claim-time check).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from google.protobuf.message import Message
 
 from dapi.chain.epochs import EpochContext
 from dapi.chain.keys import verify_signature
 from dapi.chain.messages import type_url_of
-from dapi.devnet.ledger.codes import InferenceCode, SdkCode, inference_failure, sdk_failure
-from dapi.devnet.ledger.records import ClaimRecord
-from dapi.devnet.ledger.state import InferenceState
+from dapi.devnet.ledger.codes import InferenceCode, SdkCode, TxFailure, inference_failure, sdk_failure
+from dapi.devnet.ledger.context import BlockContext
+from dapi.devnet.ledger.inference_msgs import Writes, finish_inference, require_participant, start_inference
+from dapi.devnet.ledger.records import ClaimRecord, TxEvent
+from dapi.devnet.ledger.state import INFERENCE_MODULE_ADDRESS, InferenceState
+from dapi.devnet.ledger.validations import missed_validations, validation
 from dapi.devnet.schedule.models import InvalidModelError, apply_hardware_diff
 from dapi.devnet.schedule.records import PoCBatch, PoCValidation, RandomSeed
 from dapi.devnet.wire.convert import hardware_node_from_proto
@@ -25,7 +31,7 @@ from dapi.gen.inference.inference import tx_pb2 as itx
 
 __all__ = ["HANDLED_TYPE_URLS", "Effect", "handle"]
 
-Effect = Callable[[], None]
+Effect = Callable[[], Sequence[TxEvent] | None]
 
 # The message types the module routes (anything else is an unknown request at CheckTx).
 HANDLED_TYPE_URLS = frozenset(type_url_of(cls) for cls in (
@@ -34,11 +40,15 @@ HANDLED_TYPE_URLS = frozenset(type_url_of(cls) for cls in (
     itx.MsgSubmitHardwareDiff,
     itx.MsgSubmitSeed,
     itx.MsgClaimRewards,
+    itx.MsgStartInference,
+    itx.MsgFinishInference,
+    itx.MsgValidation,
 ))
 
 
-def handle(state: InferenceState, type_url: str, message: Message, height: int) -> tuple[Effect, Message]:
+def handle(state: InferenceState, type_url: str, message: Message, ctx: BlockContext) -> tuple[Effect, Message]:
     """Route one (effective) message to its handler; raises TxFailure when a rule rejects it."""
+    height = ctx.height
     if isinstance(message, itx.MsgSubmitPocBatch):
         return submit_poc_batch(state, message, height)
     if isinstance(message, itx.MsgSubmitPocValidation):
@@ -49,7 +59,17 @@ def handle(state: InferenceState, type_url: str, message: Message, height: int) 
         return submit_seed(state, message)
     if isinstance(message, itx.MsgClaimRewards):
         return claim_rewards(state, message, height)
+    if isinstance(message, itx.MsgStartInference):
+        return _effect(state, height, *start_inference(state, message, ctx))
+    if isinstance(message, itx.MsgFinishInference):
+        return _effect(state, height, *finish_inference(state, message, ctx))
+    if isinstance(message, itx.MsgValidation):
+        return _effect(state, height, *validation(state, message, ctx))
     raise sdk_failure(SdkCode.UNKNOWN_REQUEST, f"unrecognized message type {type_url!r}")
+
+
+def _effect(state: InferenceState, height: int, writes: Writes, response: Message) -> tuple[Effect, Message]:
+    return (lambda: writes.apply(state, height)), response
 
 
 def submit_poc_batch(state: InferenceState, msg: itx.MsgSubmitPocBatch, height: int) -> tuple[Effect, Message]:
@@ -155,25 +175,38 @@ def claim_rewards(state: InferenceState, msg: itx.MsgClaimRewards, height: int) 
     if not _seed_matches(state.participant_keys[msg.creator], msg.seed, stored.signature):
         raise inference_failure(InferenceCode.CLAIM_SIGNATURE_INVALID,
                                 f"seed {msg.seed} does not match the signature submitted for epoch {msg.epoch_index}")
+    try:
+        missed = missed_validations(state, msg.creator, msg.epoch_index, msg.seed)
+    except TxFailure as failure:  # as the chain: a failed claim check is logged and nothing is paid
+        return _nothing(), itx.MsgClaimRewardsResponse(amount=0, result=failure.log)
+    if missed:
+        # ErrValidationsMissed (1117) is only logged by the chain: the tx succeeds and pays nothing
+        # (the claim is not recorded, so it can be sent again once the validations have landed).
+        return _nothing(), itx.MsgClaimRewardsResponse(amount=0, result="Inference not validated")
     share = shares.get(msg.creator)
-    amount = share.amount if share is not None else 0
+    work = state.settled_work.get(msg.epoch_index, {}).get(msg.creator, 0)
+    amount = (share.amount if share is not None else 0) + work
     claim = ClaimRecord(participant=msg.creator, epoch_index=msg.epoch_index, seed=msg.seed, amount=amount,
                         height=height)
 
     def apply() -> None:
         state.claims.append(claim)
-        state.balances[msg.creator] = state.balances.get(msg.creator, 0) + amount
+        state.balances[msg.creator] = state.balance(msg.creator) + amount - work  # the reward is minted
+        state.transfer(INFERENCE_MODULE_ADDRESS, msg.creator, work)  # held by the module since it was earned
 
-    result = "Rewards claimed" if amount else "No rewards for this address"
+    result = "Rewards claimed successfully" if amount else "No rewards for this address"
     return apply, itx.MsgClaimRewardsResponse(amount=amount, result=result)
+
+
+def _nothing() -> Effect:
+    return lambda: None
 
 
 # --- shared checks --------------------------------------------------------------------------------
 
 
 def _require_participant(state: InferenceState, address: str) -> None:
-    if address not in state.participants:
-        raise inference_failure(InferenceCode.PARTICIPANT_NOT_FOUND, f"participant {address} not found")
+    require_participant(state, address)
 
 
 def _upcoming_context(state: InferenceState) -> EpochContext:

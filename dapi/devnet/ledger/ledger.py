@@ -31,6 +31,7 @@ from dapi.chain.tx import DecodedTx, tx_hash
 from dapi.devnet.genesis import DevnetGenesis, Grant
 from dapi.devnet.ledger.ante import AnteContext, GrantKey, run_ante
 from dapi.devnet.ledger.codes import CODESPACE_SDK, SdkCode, TxFailure, sdk_failure, sdk_text
+from dapi.devnet.ledger.context import BlockContext
 from dapi.devnet.ledger.deliver import deliver_tx
 from dapi.devnet.ledger.endblock import end_block
 from dapi.devnet.ledger.records import Account, Block, CheckTxResult, ClaimRecord, EpochReport, InferenceStat, TxRecord
@@ -96,7 +97,9 @@ class Ledger:
 
     * **genesis** - The devnet genesis: chain id, epoch/PoC/reward params, governance models, the
     participants (each gets an account for its account key and one for its signer key, numbered from
-    10 in genesis order, and is a validator of epoch 0 with its genesis weight) and the authz grants.
+    10 in genesis order, and is a validator of epoch 0 with its genesis weight), the funded client
+    accounts (numbered after them; each also gets a participant record, as a developer needs one) and
+    the authz grants.
     * **genesis_time_ns** - *(optional)* The genesis time, in nanoseconds since the Unix epoch: the
     ledger's clock for CheckTx until block 1 is made. Defaults to now.
     """
@@ -114,6 +117,8 @@ class Ledger:
         for p in genesis.participants:
             for key in (p.account_key, p.signer_key):
                 self.accounts[key.address] = Account(key.address, key.public_key, next(numbers))
+        for client in genesis.clients:
+            self.accounts[client.address] = Account(client.address, client.public_key, next(numbers))
         for grant in genesis.grants:
             self.grants[(grant.granter, grant.grantee, grant.msg_type_url)] = grant
         self.state = InferenceState.from_genesis(genesis)
@@ -247,16 +252,28 @@ class Ledger:
     def record_inference_stat(self, model: str, tokens: int, time_ms: int | None = None) -> None:
         """Add one inference to the developer statistics (at the last block's time unless given)."""
         when = self.now_ns() // 1_000_000 if time_ms is None else time_ms
-        self.state.inference_stats.append(InferenceStat(time_ms=when, model=model, tokens=tokens))
+        key = f"recorded-{len(self.state.inference_stats)}"
+        self.state.inference_stats[key] = InferenceStat(time_ms=when, model=model, tokens=tokens)
 
     def tokens_by_model(self, time_from_ms: int, time_to_ms: int) -> dict[str, tuple[int, int]]:
         """(AI tokens, inferences) per model of the statistics in [from, to] ms, as the chain sums them."""
         totals: dict[str, tuple[int, int]] = {}
-        for stat in self.state.inference_stats:
+        for stat in self.state.inference_stats.values():
             if time_from_ms <= stat.time_ms <= time_to_ms:
                 tokens, count = totals.get(stat.model, (0, 0))
                 totals[stat.model] = (tokens + stat.tokens, count + 1)
         return totals
+
+    def set_model_price(self, model: str, price: int | None) -> None:
+        """Set (None: clear) the per-token price new inferences of `model` lock, as dynamic pricing would."""
+        if price is None:
+            self.state.model_prices.pop(model, None)
+        else:
+            self.state.model_prices[model] = price
+
+    def inference_totals(self, epoch_index: int) -> dict[str, tuple[int, int]]:
+        """(requests, tokens) per model of the inferences completed while `epoch_index` was effective."""
+        return self.state.completed_by_model(epoch_index)
 
     def set_inference_url(self, participant: str, url: str) -> None:
         """Point a participant's record at the API node that serves it (as MsgSubmitNewParticipant would)."""
@@ -327,6 +344,7 @@ class Ledger:
         pending, self._mempool = self._mempool, []
         self._mempool_hashes.clear()
         records: list[TxRecord] = []
+        ctx = BlockContext(height=height, time_ns=block_time, accounts=self.accounts, grants=self.grants)
         for item in pending:
             tx = item.tx
             expired = tx.timeout_timestamp_ns is not None and tx.timeout_timestamp_ns < block_time
@@ -337,8 +355,7 @@ class Ledger:
             account = self.accounts[tx.signer_address]
             if not tx.unordered:
                 account.sequence += 1
-            records.append(deliver_tx(self.state, tx, item.raw, item.hash, height=height, index=len(records),
-                                      block_time=block_time))
+            records.append(deliver_tx(self.state, tx, item.raw, item.hash, ctx=ctx, index=len(records)))
         stages = end_block(self.state, height)
         for account in self.accounts.values():
             # The mempool is drained every block, so CheckTx expects the committed sequence again.

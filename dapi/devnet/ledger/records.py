@@ -256,3 +256,9 @@ class History(Generic[K, V]):
 
     def keys(self) -> Iterable[K]:
         return self._data.keys()
+
+    def copy(self) -> History[K, V]:
+        """An independent copy (the values themselves are shared: they are immutable records)."""
+        out: History[K, V] = History()
+        out._data = {k: (list(heights), list(values)) for k, (heights, values) in self._data.items()}
+        return out

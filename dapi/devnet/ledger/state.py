@@ -1,18 +1,31 @@
 """The inference module's store: what the message handlers write and the end-block stages read and write.
 
-One `InferenceState` per ledger. The handlers (`handlers`) and the end-block stages (`endblock`) are
-functions over it, and the ledger answers its read queries from it. Accounts, grants, blocks and the
-mempool are not here: they belong to the ledger itself (x/auth, x/authz and the node around the app).
+One `InferenceState` per ledger. The handlers (`handlers`, `inference_msgs`) and the end-block stages
+(`endblock`) are functions over it, and the ledger answers its read queries from it. Accounts, grants,
+blocks and the mempool are not here: they belong to the ledger itself (x/auth, x/authz and the node
+around the app). Bank balances are (x/bank, `ngonka` only), with the inference module's account
+holding the escrow of running inferences and the coins executors earned until settlement.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+import bech32
 
 from dapi.chain.epochs import Epoch, EpochParams
+from dapi.chain.keys import ADDRESS_PREFIX
 from dapi.devnet.genesis import DevnetGenesis
+from dapi.devnet.ledger.inferences import (
+    DEFAULT_PER_TOKEN_PRICE,
+    Inference,
+    ParticipantWork,
+    ValidationDetails,
+)
 from dapi.devnet.ledger.records import ClaimRecord, EpochReport, History, InferenceStat
 from dapi.devnet.schedule.formation import FormationInput
 from dapi.devnet.schedule.models import ModelRegistry
@@ -28,9 +41,20 @@ from dapi.devnet.schedule.records import (
 )
 from dapi.devnet.schedule.settlement import RewardShare
 
-__all__ = ["GENESIS_REPUTATION", "InferenceState"]
+__all__ = ["GENESIS_REPUTATION", "INFERENCE_MODULE_ADDRESS", "InferenceState", "module_address"]
 
 GENESIS_REPUTATION = 1
+
+
+def module_address(name: str) -> str:
+    """A module account's address, as the SDK derives it: the first 20 bytes of sha256(name)."""
+    data = bech32.convertbits(hashlib.sha256(name.encode()).digest()[:20], 8, 5)
+    assert data is not None
+    return bech32.bech32_encode(ADDRESS_PREFIX, data)
+
+
+# Holds the escrow of running inferences and what executors earned until their epoch is settled.
+INFERENCE_MODULE_ADDRESS = module_address("inference")
 
 _LATEST = "latest"
 _EFFECTIVE = "effective"
@@ -74,7 +98,19 @@ class InferenceState:
     validations: dict[ValidationKey, PoCValidation] = field(default_factory=dict)
     seeds: dict[tuple[int, str], RandomSeed] = field(default_factory=dict)
     claims: list[ClaimRecord] = field(default_factory=list)
-    inference_stats: list[InferenceStat] = field(default_factory=list)
+
+    # The inference path (reference/inference.md §2): records by id, timeouts by expiration height,
+    # validation details by (epoch, id), the ids each validator validated per epoch (EpochGroupValidations),
+    # each participant's work, the current per-token price of a model (none: the chain's default).
+    inferences: dict[str, Inference] = field(default_factory=dict)
+    timeouts: dict[int, list[str]] = field(default_factory=dict)
+    validation_details: dict[tuple[int, str], ValidationDetails] = field(default_factory=dict)
+    epoch_validations: dict[tuple[int, str], list[str]] = field(default_factory=dict)
+    work: dict[str, ParticipantWork] = field(default_factory=dict)
+    model_prices: dict[str, int] = field(default_factory=dict)
+    settled_work: dict[int, dict[str, int]] = field(default_factory=dict)
+    # Developer statistics, one entry per inference id (rewritten on every write of the inference).
+    inference_stats: dict[str, InferenceStat] = field(default_factory=dict)
 
     @classmethod
     def from_genesis(cls, genesis: DevnetGenesis) -> InferenceState:
@@ -86,6 +122,12 @@ class InferenceState:
             )
             state.names[p.address] = p.name
             state.participant_keys[p.address] = (p.account_key.public_key, p.signer_key.public_key)
+        for c in genesis.clients:
+            # As MsgSubmitNewUnfundedParticipant would leave it: a record, no URL, no weight.
+            state.participants[c.address] = ParticipantRecord(address=c.address)
+            state.names[c.address] = c.name
+            state.participant_keys[c.address] = (c.public_key,)
+            state.balances[c.address] = c.balance
         members = tuple(
             ValidationWeight(member_address=p.address, weight=p.genesis_weight, reputation=GENESIS_REPUTATION)
             for p in sorted(genesis.participants, key=lambda p: p.address)
@@ -133,6 +175,69 @@ class InferenceState:
             return None
         subs = tuple(g for m in parent.sub_group_models if (g := self.groups.get((epoch_index, m))) is not None)
         return parent, subs
+
+    # --- undo ------------------------------------------------------------------------------------------
+
+    def snapshot(self) -> InferenceState:
+        """A copy of every container of the store, for `restore`.
+
+        Records are immutable, and containers nest at most a list in a dict, so copying the containers
+        two levels deep is a full copy of what a handler can change (genesis, the registry, which is
+        replaced whole, and the group id counter, which only EndBlock draws from, are shared).
+        """
+        copied = copy.copy(self)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict):
+                value = {k: list(v) if isinstance(v, list) else v for k, v in value.items()}
+            elif isinstance(value, list):
+                value = list(value)
+            elif isinstance(value, History):
+                value = value.copy()
+            setattr(copied, f.name, value)
+        return copied
+
+    def restore(self, snapshot: InferenceState) -> None:
+        """Put back everything `snapshot` holds (a failed tx of several messages is undone this way)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(snapshot, f.name))
+
+    # --- bank and the inference path ----------------------------------------------------------------
+
+    def balance(self, address: str) -> int:
+        return self.balances.get(address, 0)
+
+    def transfer(self, sender: str, recipient: str, amount: int) -> None:
+        """Move `amount` ngonka (the caller checked the sender can pay)."""
+        if amount <= 0:
+            return
+        self.balances[sender] = self.balance(sender) - amount
+        self.balances[recipient] = self.balance(recipient) + amount
+
+    def work_of(self, address: str) -> ParticipantWork:
+        return self.work.get(address) or ParticipantWork()
+
+    def per_token_price(self, model: str) -> int:
+        """The price an inference of `model` locks now (`ModelCurrentPriceMap`, else the chain's default)."""
+        return self.model_prices.get(model, DEFAULT_PER_TOKEN_PRICE)
+
+    def completed_by_model(self, epoch_index: int) -> dict[str, tuple[int, int]]:
+        """(requests, prompt + completion tokens) per model of the inferences completed in an epoch."""
+        totals: dict[str, tuple[int, int]] = {}
+        for (epoch, inference_id), details in self.validation_details.items():
+            inference = self.inferences.get(inference_id)
+            if epoch != epoch_index or inference is None:
+                continue
+            requests, tokens = totals.get(details.model, (0, 0))
+            totals[details.model] = (requests + 1, tokens + inference.total_tokens)
+        return dict(sorted(totals.items()))
+
+    def set_inference(self, inference: Inference) -> None:
+        """Store an inference and its developer statistics entry (the chain's SetInference, §2.8)."""
+        self.inferences[inference.inference_id] = inference
+        self.inference_stats[inference.inference_id] = InferenceStat(
+            time_ms=inference.stat_time_ms, model=inference.model, tokens=inference.total_tokens
+        )
 
     # --- PoC data ----------------------------------------------------------------------------------
 

@@ -6,12 +6,15 @@ mapping; keeping them in one place means the gRPC and ABCI servers cannot disagr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf.any_pb2 import Any
 
 from dapi.chain.epochs import Epoch
 from dapi.chain.messages import pack_any
 from dapi.devnet.genesis import DevnetGenesis
 from dapi.devnet.schedule.records import (
+    ActiveParticipant,
     Decimal,
     EpochGroupData,
     Hardware,
@@ -26,15 +29,24 @@ from dapi.devnet.schedule.records import (
 from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
 from dapi.gen.cosmos.crypto.secp256k1.keys_pb2 import PubKey
 from dapi.gen.inference.inference import (
+    activeparticipants_pb2,
     epoch_group_data_pb2,
     epoch_pb2,
     hardware_node_pb2,
+    inference_pb2,
     model_pb2,
     params_pb2,
+    participant_pb2,
     pocbatch_pb2,
+    random_seed_pb2,
 )
 
+if TYPE_CHECKING:  # the ledger imports this module: its records are only named here, never imported at run time
+    from dapi.devnet.ledger.inferences import Inference, ParticipantWork, ValidationDetails
+    from dapi.devnet.schedule.records import ParticipantRecord
+
 __all__ = [
+    "active_participants_to_proto",
     "base_account_any",
     "decimal_to_proto",
     "epoch_group_to_proto",
@@ -42,9 +54,12 @@ __all__ = [
     "hardware_node_from_proto",
     "hardware_node_to_proto",
     "hardware_nodes_to_proto",
+    "inference_to_proto",
     "model_to_proto",
     "params_to_proto",
+    "participant_to_proto",
     "poc_batch_to_proto",
+    "validation_details_to_proto",
     "validation_params_to_proto",
 ]
 
@@ -173,7 +188,18 @@ def epoch_to_proto(epoch: Epoch) -> epoch_pb2.Epoch:
 def validation_params_to_proto(genesis: DevnetGenesis) -> params_pb2.ValidationParams:
     vp = genesis.validation_params
     return params_pb2.ValidationParams(
+        false_positive_rate=decimal_to_proto(vp.false_positive_rate),
+        min_ramp_up_measurements=vp.min_ramp_up_measurements,
+        pass_value=decimal_to_proto(vp.pass_value),
+        min_validation_average=decimal_to_proto(vp.min_validation_average),
+        max_validation_average=decimal_to_proto(vp.max_validation_average),
         expiration_blocks=vp.expiration_blocks,
+        epochs_to_max=vp.epochs_to_max,
+        full_validation_traffic_cutoff=vp.full_validation_traffic_cutoff,
+        min_validation_halfway=decimal_to_proto(vp.min_validation_halfway),
+        min_validation_traffic_cutoff=vp.min_validation_traffic_cutoff,
+        miss_percentage_cutoff=decimal_to_proto(vp.miss_percentage_cutoff),
+        miss_requests_penalty=decimal_to_proto(vp.miss_requests_penalty),
         timestamp_expiration=vp.timestamp_expiration,
         timestamp_advance=vp.timestamp_advance,
         estimated_limits_per_block_kb=genesis.bandwidth_limits.estimated_limits_per_block_kb,
@@ -223,3 +249,120 @@ def base_account_any(address: str, public_key: bytes, account_number: int, seque
         sequence=sequence,
     )
     return pack_any(account)
+
+
+# --- the inference path ------------------------------------------------------------------------------
+
+
+def inference_to_proto(inference: Inference) -> inference_pb2.Inference:
+    return inference_pb2.Inference(
+        index=inference.index,
+        inference_id=inference.inference_id,
+        prompt_hash=inference.prompt_hash,
+        prompt_payload=inference.prompt_payload,
+        response_hash=inference.response_hash,
+        response_payload=inference.response_payload,
+        prompt_token_count=inference.prompt_token_count,
+        completion_token_count=inference.completion_token_count,
+        requested_by=inference.requested_by,
+        executed_by=inference.executed_by,
+        status=int(inference.status),  # type: ignore[arg-type]  # the enum's numbers are the proto's
+        start_block_height=inference.start_block_height,
+        end_block_height=inference.end_block_height,
+        start_block_timestamp=inference.start_block_timestamp,
+        end_block_timestamp=inference.end_block_timestamp,
+        model=inference.model,
+        max_tokens=inference.max_tokens,
+        actual_cost=inference.actual_cost,
+        escrow_amount=inference.escrow_amount,
+        assigned_to=inference.assigned_to,
+        validated_by=list(inference.validated_by),
+        node_version=inference.node_version,
+        epoch_id=inference.epoch_id,
+        epoch_poc_start_block_height=inference.epoch_poc_start_block_height,
+        transferred_by=inference.transferred_by,
+        request_timestamp=inference.request_timestamp,
+        transfer_signature=inference.transfer_signature,
+        execution_signature=inference.execution_signature,
+        original_prompt=inference.original_prompt,
+        per_token_price=inference.per_token_price,
+    )
+
+
+def validation_details_to_proto(details: ValidationDetails) -> inference_pb2.InferenceValidationDetails:
+    return inference_pb2.InferenceValidationDetails(
+        epoch_id=details.epoch_id,
+        inference_id=details.inference_id,
+        executor_id=details.executor_id,
+        executor_reputation=details.executor_reputation,
+        traffic_basis=details.traffic_basis,
+        executor_power=details.executor_power,
+        model=details.model,
+        total_power=details.total_power,
+        created_at_block_height=details.created_at_block_height,
+    )
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def participant_to_proto(record: ParticipantRecord, work: ParticipantWork, weight: int) -> participant_pb2.Participant:
+    """The chain's Participant: the record, its inference work and its weight in the effective epoch."""
+    stats = work.current_epoch_stats
+    return participant_pb2.Participant(
+        index=record.address,
+        address=record.address,
+        weight=min(weight, _INT32_MAX),
+        last_inference_time=work.last_inference_time,
+        inference_url=record.inference_url,
+        status=int(work.status),  # type: ignore[arg-type]  # the enum's numbers are the proto's
+        coin_balance=work.coin_balance,
+        validator_key=record.validator_key,
+        consecutive_invalid_inferences=work.consecutive_invalid_inferences,
+        epochs_completed=work.epochs_completed,
+        current_epoch_stats=participant_pb2.CurrentEpochStats(
+            inference_count=stats.inference_count,
+            missed_requests=stats.missed_requests,
+            earned_coins=stats.earned_coins,
+            rewarded_coins=stats.rewarded_coins,
+            burned_coins=stats.burned_coins,
+            validated_inferences=stats.validated_inferences,
+            invalidated_inferences=stats.invalidated_inferences,
+        ),
+    )
+
+
+def _active_participant(p: ActiveParticipant) -> activeparticipants_pb2.ActiveParticipant:
+    out = activeparticipants_pb2.ActiveParticipant(
+        index=p.index,
+        validator_key=p.validator_key,
+        weight=p.weight,
+        inference_url=p.inference_url,
+        models=list(p.models),
+        ml_nodes=[activeparticipants_pb2.ModelMLNodes(ml_nodes=[_ml_node(n) for n in group.ml_nodes])
+                  for group in p.ml_nodes],
+    )
+    if p.seed is not None:
+        out.seed.CopyFrom(random_seed_pb2.RandomSeed(
+            participant=p.seed.participant, epoch_index=p.seed.epoch_index, signature=p.seed.signature
+        ))
+    return out
+
+
+def active_participants_to_proto(
+    participants: tuple[ActiveParticipant, ...],
+    *,
+    epoch_id: int,
+    epoch_group_id: int,
+    poc_start_block_height: int,
+    effective_block_height: int,
+    created_at_block_height: int,
+) -> activeparticipants_pb2.ActiveParticipants:
+    return activeparticipants_pb2.ActiveParticipants(
+        participants=[_active_participant(p) for p in participants],
+        epoch_group_id=epoch_group_id,
+        poc_start_block_height=poc_start_block_height,
+        effective_block_height=effective_block_height,
+        created_at_block_height=created_at_block_height,
+        epoch_id=epoch_id,
+    )

@@ -7,7 +7,8 @@ Cosmos SDK node (NotFound → code 22 with "not found" in the log).
 
 Past heights: the latest/effective epoch and the epoch group data are answered as of the end of the
 requested block (the daemon replays missed blocks with their epoch state); the other queries answer
-from the current state.
+from the current state. The inference path's queries are in `inference_queries`; the raw store query
+`/store/inference/key` (ABCI only, as on a real node) answers the ActiveParticipants key.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dapi.devnet.wire.convert import (
     poc_batch_to_proto,
     validation_params_to_proto,
 )
+from dapi.devnet.wire.inference_queries import STORE_KEY_PATH, InferenceQueries
 from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
 from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_q
 from dapi.gen.cosmos.crypto.secp256k1.keys_pb2 import PubKey
@@ -81,10 +83,14 @@ DAY_MS = 24 * 3600 * 1000
 
 
 class QueryRouter:
-    """`handle(path, data, height)` → serialized response, or QueryError."""
+    """`handle(path, data, height)` → serialized response, or QueryError.
 
-    def __init__(self, ledger: Ledger) -> None:
+    `executor_seed` seeds GetRandomExecutor's draws (default: derived from the chain id).
+    """
+
+    def __init__(self, ledger: Ledger, *, executor_seed: int | None = None) -> None:
         self.ledger = ledger
+        self.inference = InferenceQueries(ledger, QueryError, executor_seed=executor_seed)
         self._routes: dict[str, tuple[type[Message], Callable[[Message, int | None], Message]]] = {
             INFERENCE + "Params": (q.QueryParamsRequest, self._params),
             INFERENCE + "EpochInfo": (q.QueryEpochInfoRequest, self._epoch_info),
@@ -100,6 +106,7 @@ class QueryRouter:
             ),
             AUTH + "Account": (auth_q.QueryAccountRequest, self._account),
             AUTH + "AccountInfo": (auth_q.QueryAccountInfoRequest, self._account_info),
+            **self.inference.routes(INFERENCE),
         }
         self.calls = 0
 
@@ -122,6 +129,9 @@ class QueryRouter:
         return self.ledger.height if height is None else height
 
     def handle(self, path: str, data: bytes, height: int = 0) -> bytes:
+        if path == STORE_KEY_PATH:  # a raw store read (ABCI only: not in `paths`, so gRPC does not serve it)
+            self.calls += 1
+            return self.inference.active_participants_value(data, self.resolve_height(height))
         route = self._routes.get(path)
         if route is None:
             raise QueryError(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path}")

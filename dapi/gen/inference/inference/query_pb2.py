@@ -26,72 +26,112 @@ from dapi.gen.cosmos.base.query.v1beta1 import pagination_pb2 as cosmos_dot_base
 from dapi.gen.inference.inference import epoch_pb2 as inference_dot_inference_dot_epoch__pb2
 from dapi.gen.inference.inference import epoch_group_data_pb2 as inference_dot_inference_dot_epoch__group__data__pb2
 from dapi.gen.inference.inference import hardware_node_pb2 as inference_dot_inference_dot_hardware__node__pb2
+from dapi.gen.inference.inference import inference_pb2 as inference_dot_inference_dot_inference__pb2
 from dapi.gen.inference.inference import model_pb2 as inference_dot_inference_dot_model__pb2
 from dapi.gen.inference.inference import params_pb2 as inference_dot_inference_dot_params__pb2
+from dapi.gen.inference.inference import participant_pb2 as inference_dot_inference_dot_participant__pb2
 from dapi.gen.inference.inference import pocbatch_pb2 as inference_dot_inference_dot_pocbatch__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finference/inference/query.proto\x12\x13inference.inference\x1a*cosmos/base/query/v1beta1/pagination.proto\x1a\x1finference/inference/epoch.proto\x1a*inference/inference/epoch_group_data.proto\x1a\'inference/inference/hardware_node.proto\x1a\x1finference/inference/model.proto\x1a inference/inference/params.proto\x1a\"inference/inference/pocbatch.proto\"\x14\n\x12QueryParamsRequest\"B\n\x13QueryParamsResponse\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.inference.inference.Params\"\x17\n\x15QueryEpochInfoRequest\"\x8d\x01\n\x16QueryEpochInfoResponse\x12\x14\n\x0c\x62lock_height\x18\x01 \x01(\x03\x12+\n\x06params\x18\x02 \x01(\x0b\x32\x1b.inference.inference.Params\x12\x30\n\x0clatest_epoch\x18\x03 \x01(\x0b\x32\x1a.inference.inference.Epoch\"#\n!QueryCurrentEpochGroupDataRequest\"c\n\"QueryCurrentEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x01(\x0b\x32#.inference.inference.EpochGroupData\"F\n\x1dQueryGetEpochGroupDataRequest\x12\x13\n\x0b\x65poch_index\x18\x01 \x01(\x04\x12\x10\n\x08model_id\x18\x02 \x01(\t\"_\n\x1eQueryGetEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x01(\x0b\x32#.inference.inference.EpochGroupData\"[\n\x1dQueryAllEpochGroupDataRequest\x12:\n\npagination\x18\x01 \x01(\x0b\x32&.cosmos.base.query.v1beta1.PageRequest\"\x9c\x01\n\x1eQueryAllEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x03(\x0b\x32#.inference.inference.EpochGroupData\x12;\n\npagination\x18\x02 \x01(\x0b\x32\'.cosmos.base.query.v1beta1.PageResponse\"\x17\n\x15QueryModelsAllRequest\"C\n\x16QueryModelsAllResponse\x12)\n\x05model\x18\x01 \x03(\x0b\x32\x1a.inference.inference.Model\"0\n\x19QueryHardwareNodesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"O\n\x1aQueryHardwareNodesResponse\x12\x31\n\x05nodes\x18\x01 \x01(\x0b\x32\".inference.inference.HardwareNodes\"\x1e\n\x1cQueryHardwareNodesAllRequest\"R\n\x1dQueryHardwareNodesAllResponse\x12\x31\n\x05nodes\x18\x01 \x03(\x0b\x32\".inference.inference.HardwareNodes\"6\n\x1eQueryPocBatchesForStageRequest\x12\x14\n\x0c\x62lock_height\x18\x01 \x01(\x03\"e\n\x1fQueryPocBatchesForStageResponse\x12\x42\n\tpoc_batch\x18\x01 \x03(\x0b\x32/.inference.inference.PoCBatchesWithParticipants\"-\n\nModelPrice\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x04\"\'\n%QueryGetAllModelPerTokenPricesRequest\"_\n&QueryGetAllModelPerTokenPricesResponse\x12\x35\n\x0cmodel_prices\x18\x01 \x03(\x0b\x32\x1f.inference.inference.ModelPrice\"3\n\rModelCapacity\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\"#\n!QueryGetAllModelCapacitiesRequest\"b\n\"QueryGetAllModelCapacitiesResponse\x12<\n\x10model_capacities\x18\x01 \x03(\x0b\x32\".inference.inference.ModelCapacity\"R\n,QueryInferencesAndTokensStatsByModelsRequest\x12\x11\n\ttime_from\x18\x02 \x01(\x03\x12\x0f\n\x07time_to\x18\x03 \x01(\x03\"B\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tai_tokens\x18\x02 \x01(\x03\x12\x12\n\ninferences\x18\x03 \x01(\x05\"f\n-QueryInferencesAndTokensStatsByModelsResponse\x12\x35\n\x0cstats_models\x18\x01 \x03(\x0b\x32\x1f.inference.inference.ModelStats2\xf0\x0b\n\x05Query\x12[\n\x06Params\x12\'.inference.inference.QueryParamsRequest\x1a(.inference.inference.QueryParamsResponse\x12\x64\n\tEpochInfo\x12*.inference.inference.QueryEpochInfoRequest\x1a+.inference.inference.QueryEpochInfoResponse\x12\x88\x01\n\x15\x43urrentEpochGroupData\x12\x36.inference.inference.QueryCurrentEpochGroupDataRequest\x1a\x37.inference.inference.QueryCurrentEpochGroupDataResponse\x12y\n\x0e\x45pochGroupData\x12\x32.inference.inference.QueryGetEpochGroupDataRequest\x1a\x33.inference.inference.QueryGetEpochGroupDataResponse\x12|\n\x11\x45pochGroupDataAll\x12\x32.inference.inference.QueryAllEpochGroupDataRequest\x1a\x33.inference.inference.QueryAllEpochGroupDataResponse\x12\x64\n\tModelsAll\x12*.inference.inference.QueryModelsAllRequest\x1a+.inference.inference.QueryModelsAllResponse\x12p\n\rHardwareNodes\x12..inference.inference.QueryHardwareNodesRequest\x1a/.inference.inference.QueryHardwareNodesResponse\x12y\n\x10HardwareNodesAll\x12\x31.inference.inference.QueryHardwareNodesAllRequest\x1a\x32.inference.inference.QueryHardwareNodesAllResponse\x12\x7f\n\x12PocBatchesForStage\x12\x33.inference.inference.QueryPocBatchesForStageRequest\x1a\x34.inference.inference.QueryPocBatchesForStageResponse\x12\x94\x01\n\x19GetAllModelPerTokenPrices\x12:.inference.inference.QueryGetAllModelPerTokenPricesRequest\x1a;.inference.inference.QueryGetAllModelPerTokenPricesResponse\x12\x88\x01\n\x15GetAllModelCapacities\x12\x36.inference.inference.QueryGetAllModelCapacitiesRequest\x1a\x37.inference.inference.QueryGetAllModelCapacitiesResponse\x12\xa9\x01\n InferencesAndTokensStatsByModels\x12\x41.inference.inference.QueryInferencesAndTokensStatsByModelsRequest\x1a\x42.inference.inference.QueryInferencesAndTokensStatsByModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1finference/inference/query.proto\x12\x13inference.inference\x1a*cosmos/base/query/v1beta1/pagination.proto\x1a\x1finference/inference/epoch.proto\x1a*inference/inference/epoch_group_data.proto\x1a\'inference/inference/hardware_node.proto\x1a#inference/inference/inference.proto\x1a\x1finference/inference/model.proto\x1a inference/inference/params.proto\x1a%inference/inference/participant.proto\x1a\"inference/inference/pocbatch.proto\"\x14\n\x12QueryParamsRequest\"B\n\x13QueryParamsResponse\x12+\n\x06params\x18\x01 \x01(\x0b\x32\x1b.inference.inference.Params\"\x17\n\x15QueryEpochInfoRequest\"\x8d\x01\n\x16QueryEpochInfoResponse\x12\x14\n\x0c\x62lock_height\x18\x01 \x01(\x03\x12+\n\x06params\x18\x02 \x01(\x0b\x32\x1b.inference.inference.Params\x12\x30\n\x0clatest_epoch\x18\x03 \x01(\x0b\x32\x1a.inference.inference.Epoch\"#\n!QueryCurrentEpochGroupDataRequest\"c\n\"QueryCurrentEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x01(\x0b\x32#.inference.inference.EpochGroupData\"F\n\x1dQueryGetEpochGroupDataRequest\x12\x13\n\x0b\x65poch_index\x18\x01 \x01(\x04\x12\x10\n\x08model_id\x18\x02 \x01(\t\"_\n\x1eQueryGetEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x01(\x0b\x32#.inference.inference.EpochGroupData\"[\n\x1dQueryAllEpochGroupDataRequest\x12:\n\npagination\x18\x01 \x01(\x0b\x32&.cosmos.base.query.v1beta1.PageRequest\"\x9c\x01\n\x1eQueryAllEpochGroupDataResponse\x12=\n\x10\x65poch_group_data\x18\x01 \x03(\x0b\x32#.inference.inference.EpochGroupData\x12;\n\npagination\x18\x02 \x01(\x0b\x32\'.cosmos.base.query.v1beta1.PageResponse\"\x17\n\x15QueryModelsAllRequest\"C\n\x16QueryModelsAllResponse\x12)\n\x05model\x18\x01 \x03(\x0b\x32\x1a.inference.inference.Model\"0\n\x19QueryHardwareNodesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"O\n\x1aQueryHardwareNodesResponse\x12\x31\n\x05nodes\x18\x01 \x01(\x0b\x32\".inference.inference.HardwareNodes\"\x1e\n\x1cQueryHardwareNodesAllRequest\"R\n\x1dQueryHardwareNodesAllResponse\x12\x31\n\x05nodes\x18\x01 \x03(\x0b\x32\".inference.inference.HardwareNodes\"6\n\x1eQueryPocBatchesForStageRequest\x12\x14\n\x0c\x62lock_height\x18\x01 \x01(\x03\"e\n\x1fQueryPocBatchesForStageResponse\x12\x42\n\tpoc_batch\x18\x01 \x03(\x0b\x32/.inference.inference.PoCBatchesWithParticipants\"-\n\nModelPrice\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x04\"\'\n%QueryGetAllModelPerTokenPricesRequest\"_\n&QueryGetAllModelPerTokenPricesResponse\x12\x35\n\x0cmodel_prices\x18\x01 \x03(\x0b\x32\x1f.inference.inference.ModelPrice\"3\n\rModelCapacity\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x04\"#\n!QueryGetAllModelCapacitiesRequest\"b\n\"QueryGetAllModelCapacitiesResponse\x12<\n\x10model_capacities\x18\x01 \x03(\x0b\x32\".inference.inference.ModelCapacity\"R\n,QueryInferencesAndTokensStatsByModelsRequest\x12\x11\n\ttime_from\x18\x02 \x01(\x03\x12\x0f\n\x07time_to\x18\x03 \x01(\x03\"B\n\nModelStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x11\n\tai_tokens\x18\x02 \x01(\x03\x12\x12\n\ninferences\x18\x03 \x01(\x05\"f\n-QueryInferencesAndTokensStatsByModelsResponse\x12\x35\n\x0cstats_models\x18\x01 \x03(\x0b\x32\x1f.inference.inference.ModelStats\")\n\x18QueryGetInferenceRequest\x12\r\n\x05index\x18\x01 \x01(\t\"N\n\x19QueryGetInferenceResponse\x12\x31\n\tinference\x18\x01 \x01(\x0b\x32\x1e.inference.inference.Inference\"+\n\x1aQueryGetParticipantRequest\x12\r\n\x05index\x18\x01 \x01(\t\"T\n\x1bQueryGetParticipantResponse\x12\x35\n\x0bparticipant\x18\x01 \x01(\x0b\x32 .inference.inference.Participant\"X\n\x1aQueryAllParticipantRequest\x12:\n\npagination\x18\x01 \x01(\x0b\x32&.cosmos.base.query.v1beta1.PageRequest\"\xa7\x01\n\x1bQueryAllParticipantResponse\x12\x35\n\x0bparticipant\x18\x01 \x03(\x0b\x32 .inference.inference.Participant\x12;\n\npagination\x18\x02 \x01(\x0b\x32\'.cosmos.base.query.v1beta1.PageResponse\x12\x14\n\x0c\x62lock_height\x18\x03 \x01(\x03\"3\n QueryInferenceParticipantRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"D\n!QueryInferenceParticipantResponse\x12\x0e\n\x06pubkey\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61lance\x18\x02 \x01(\x03\"V\n!QueryGranteesByMessageTypeRequest\x12\x17\n\x0fgranter_address\x18\x01 \x01(\t\x12\x18\n\x10message_type_url\x18\x02 \x01(\t\"+\n\x07Grantee\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0f\n\x07pub_key\x18\x02 \x01(\t\"T\n\"QueryGranteesByMessageTypeResponse\x12.\n\x08grantees\x18\x01 \x03(\x0b\x32\x1c.inference.inference.Grantee\".\n\x1dQueryGetRandomExecutorRequest\x12\r\n\x05model\x18\x01 \x01(\t\"T\n\x1eQueryGetRandomExecutorResponse\x12\x32\n\x08\x65xecutor\x18\x01 \x01(\x0b\x32 .inference.inference.Participant\"N\n,QueryGetInferenceValidationParametersRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x11\n\trequester\x18\x02 \x01(\t\"\xdd\x01\n-QueryGetInferenceValidationParametersResponse\x12\x17\n\x0fvalidator_power\x18\x01 \x01(\x04\x12\x16\n\x0e\x63urrent_height\x18\x02 \x01(\x04\x12@\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32/.inference.inference.InferenceValidationDetails\x12\x39\n\nparameters\x18\x04 \x01(\x0b\x32%.inference.inference.ValidationParams\"\x1d\n\x1bQueryGetCurrentEpochRequest\"-\n\x1cQueryGetCurrentEpochResponse\x12\r\n\x05\x65poch\x18\x01 \x01(\x04\"5\n!QueryGetModelPerTokenPriceRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"B\n\"QueryGetModelPerTokenPriceResponse\x12\r\n\x05price\x18\x01 \x01(\x04\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x32\x83\x15\n\x05Query\x12[\n\x06Params\x12\'.inference.inference.QueryParamsRequest\x1a(.inference.inference.QueryParamsResponse\x12\x64\n\tEpochInfo\x12*.inference.inference.QueryEpochInfoRequest\x1a+.inference.inference.QueryEpochInfoResponse\x12\x88\x01\n\x15\x43urrentEpochGroupData\x12\x36.inference.inference.QueryCurrentEpochGroupDataRequest\x1a\x37.inference.inference.QueryCurrentEpochGroupDataResponse\x12y\n\x0e\x45pochGroupData\x12\x32.inference.inference.QueryGetEpochGroupDataRequest\x1a\x33.inference.inference.QueryGetEpochGroupDataResponse\x12|\n\x11\x45pochGroupDataAll\x12\x32.inference.inference.QueryAllEpochGroupDataRequest\x1a\x33.inference.inference.QueryAllEpochGroupDataResponse\x12\x64\n\tModelsAll\x12*.inference.inference.QueryModelsAllRequest\x1a+.inference.inference.QueryModelsAllResponse\x12p\n\rHardwareNodes\x12..inference.inference.QueryHardwareNodesRequest\x1a/.inference.inference.QueryHardwareNodesResponse\x12y\n\x10HardwareNodesAll\x12\x31.inference.inference.QueryHardwareNodesAllRequest\x1a\x32.inference.inference.QueryHardwareNodesAllResponse\x12\x7f\n\x12PocBatchesForStage\x12\x33.inference.inference.QueryPocBatchesForStageRequest\x1a\x34.inference.inference.QueryPocBatchesForStageResponse\x12\x94\x01\n\x19GetAllModelPerTokenPrices\x12:.inference.inference.QueryGetAllModelPerTokenPricesRequest\x1a;.inference.inference.QueryGetAllModelPerTokenPricesResponse\x12\x88\x01\n\x15GetAllModelCapacities\x12\x36.inference.inference.QueryGetAllModelCapacitiesRequest\x1a\x37.inference.inference.QueryGetAllModelCapacitiesResponse\x12\xa9\x01\n InferencesAndTokensStatsByModels\x12\x41.inference.inference.QueryInferencesAndTokensStatsByModelsRequest\x1a\x42.inference.inference.QueryInferencesAndTokensStatsByModelsResponse\x12j\n\tInference\x12-.inference.inference.QueryGetInferenceRequest\x1a..inference.inference.QueryGetInferenceResponse\x12p\n\x0bParticipant\x12/.inference.inference.QueryGetParticipantRequest\x1a\x30.inference.inference.QueryGetParticipantResponse\x12s\n\x0eParticipantAll\x12/.inference.inference.QueryAllParticipantRequest\x1a\x30.inference.inference.QueryAllParticipantResponse\x12\x85\x01\n\x14InferenceParticipant\x12\x35.inference.inference.QueryInferenceParticipantRequest\x1a\x36.inference.inference.QueryInferenceParticipantResponse\x12\x88\x01\n\x15GranteesByMessageType\x12\x36.inference.inference.QueryGranteesByMessageTypeRequest\x1a\x37.inference.inference.QueryGranteesByMessageTypeResponse\x12|\n\x11GetRandomExecutor\x12\x32.inference.inference.QueryGetRandomExecutorRequest\x1a\x33.inference.inference.QueryGetRandomExecutorResponse\x12\xa9\x01\n GetInferenceValidationParameters\x12\x41.inference.inference.QueryGetInferenceValidationParametersRequest\x1a\x42.inference.inference.QueryGetInferenceValidationParametersResponse\x12v\n\x0fGetCurrentEpoch\x12\x30.inference.inference.QueryGetCurrentEpochRequest\x1a\x31.inference.inference.QueryGetCurrentEpochResponse\x12\x88\x01\n\x15GetModelPerTokenPrice\x12\x36.inference.inference.QueryGetModelPerTokenPriceRequest\x1a\x37.inference.inference.QueryGetModelPerTokenPriceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dapi.gen.inference.inference.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERYPARAMSREQUEST']._serialized_start=321
-  _globals['_QUERYPARAMSREQUEST']._serialized_end=341
-  _globals['_QUERYPARAMSRESPONSE']._serialized_start=343
-  _globals['_QUERYPARAMSRESPONSE']._serialized_end=409
-  _globals['_QUERYEPOCHINFOREQUEST']._serialized_start=411
-  _globals['_QUERYEPOCHINFOREQUEST']._serialized_end=434
-  _globals['_QUERYEPOCHINFORESPONSE']._serialized_start=437
-  _globals['_QUERYEPOCHINFORESPONSE']._serialized_end=578
-  _globals['_QUERYCURRENTEPOCHGROUPDATAREQUEST']._serialized_start=580
-  _globals['_QUERYCURRENTEPOCHGROUPDATAREQUEST']._serialized_end=615
-  _globals['_QUERYCURRENTEPOCHGROUPDATARESPONSE']._serialized_start=617
-  _globals['_QUERYCURRENTEPOCHGROUPDATARESPONSE']._serialized_end=716
-  _globals['_QUERYGETEPOCHGROUPDATAREQUEST']._serialized_start=718
-  _globals['_QUERYGETEPOCHGROUPDATAREQUEST']._serialized_end=788
-  _globals['_QUERYGETEPOCHGROUPDATARESPONSE']._serialized_start=790
-  _globals['_QUERYGETEPOCHGROUPDATARESPONSE']._serialized_end=885
-  _globals['_QUERYALLEPOCHGROUPDATAREQUEST']._serialized_start=887
-  _globals['_QUERYALLEPOCHGROUPDATAREQUEST']._serialized_end=978
-  _globals['_QUERYALLEPOCHGROUPDATARESPONSE']._serialized_start=981
-  _globals['_QUERYALLEPOCHGROUPDATARESPONSE']._serialized_end=1137
-  _globals['_QUERYMODELSALLREQUEST']._serialized_start=1139
-  _globals['_QUERYMODELSALLREQUEST']._serialized_end=1162
-  _globals['_QUERYMODELSALLRESPONSE']._serialized_start=1164
-  _globals['_QUERYMODELSALLRESPONSE']._serialized_end=1231
-  _globals['_QUERYHARDWARENODESREQUEST']._serialized_start=1233
-  _globals['_QUERYHARDWARENODESREQUEST']._serialized_end=1281
-  _globals['_QUERYHARDWARENODESRESPONSE']._serialized_start=1283
-  _globals['_QUERYHARDWARENODESRESPONSE']._serialized_end=1362
-  _globals['_QUERYHARDWARENODESALLREQUEST']._serialized_start=1364
-  _globals['_QUERYHARDWARENODESALLREQUEST']._serialized_end=1394
-  _globals['_QUERYHARDWARENODESALLRESPONSE']._serialized_start=1396
-  _globals['_QUERYHARDWARENODESALLRESPONSE']._serialized_end=1478
-  _globals['_QUERYPOCBATCHESFORSTAGEREQUEST']._serialized_start=1480
-  _globals['_QUERYPOCBATCHESFORSTAGEREQUEST']._serialized_end=1534
-  _globals['_QUERYPOCBATCHESFORSTAGERESPONSE']._serialized_start=1536
-  _globals['_QUERYPOCBATCHESFORSTAGERESPONSE']._serialized_end=1637
-  _globals['_MODELPRICE']._serialized_start=1639
-  _globals['_MODELPRICE']._serialized_end=1684
-  _globals['_QUERYGETALLMODELPERTOKENPRICESREQUEST']._serialized_start=1686
-  _globals['_QUERYGETALLMODELPERTOKENPRICESREQUEST']._serialized_end=1725
-  _globals['_QUERYGETALLMODELPERTOKENPRICESRESPONSE']._serialized_start=1727
-  _globals['_QUERYGETALLMODELPERTOKENPRICESRESPONSE']._serialized_end=1822
-  _globals['_MODELCAPACITY']._serialized_start=1824
-  _globals['_MODELCAPACITY']._serialized_end=1875
-  _globals['_QUERYGETALLMODELCAPACITIESREQUEST']._serialized_start=1877
-  _globals['_QUERYGETALLMODELCAPACITIESREQUEST']._serialized_end=1912
-  _globals['_QUERYGETALLMODELCAPACITIESRESPONSE']._serialized_start=1914
-  _globals['_QUERYGETALLMODELCAPACITIESRESPONSE']._serialized_end=2012
-  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSREQUEST']._serialized_start=2014
-  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSREQUEST']._serialized_end=2096
-  _globals['_MODELSTATS']._serialized_start=2098
-  _globals['_MODELSTATS']._serialized_end=2164
-  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSRESPONSE']._serialized_start=2166
-  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSRESPONSE']._serialized_end=2268
-  _globals['_QUERY']._serialized_start=2271
-  _globals['_QUERY']._serialized_end=3791
+  _globals['_QUERYPARAMSREQUEST']._serialized_start=397
+  _globals['_QUERYPARAMSREQUEST']._serialized_end=417
+  _globals['_QUERYPARAMSRESPONSE']._serialized_start=419
+  _globals['_QUERYPARAMSRESPONSE']._serialized_end=485
+  _globals['_QUERYEPOCHINFOREQUEST']._serialized_start=487
+  _globals['_QUERYEPOCHINFOREQUEST']._serialized_end=510
+  _globals['_QUERYEPOCHINFORESPONSE']._serialized_start=513
+  _globals['_QUERYEPOCHINFORESPONSE']._serialized_end=654
+  _globals['_QUERYCURRENTEPOCHGROUPDATAREQUEST']._serialized_start=656
+  _globals['_QUERYCURRENTEPOCHGROUPDATAREQUEST']._serialized_end=691
+  _globals['_QUERYCURRENTEPOCHGROUPDATARESPONSE']._serialized_start=693
+  _globals['_QUERYCURRENTEPOCHGROUPDATARESPONSE']._serialized_end=792
+  _globals['_QUERYGETEPOCHGROUPDATAREQUEST']._serialized_start=794
+  _globals['_QUERYGETEPOCHGROUPDATAREQUEST']._serialized_end=864
+  _globals['_QUERYGETEPOCHGROUPDATARESPONSE']._serialized_start=866
+  _globals['_QUERYGETEPOCHGROUPDATARESPONSE']._serialized_end=961
+  _globals['_QUERYALLEPOCHGROUPDATAREQUEST']._serialized_start=963
+  _globals['_QUERYALLEPOCHGROUPDATAREQUEST']._serialized_end=1054
+  _globals['_QUERYALLEPOCHGROUPDATARESPONSE']._serialized_start=1057
+  _globals['_QUERYALLEPOCHGROUPDATARESPONSE']._serialized_end=1213
+  _globals['_QUERYMODELSALLREQUEST']._serialized_start=1215
+  _globals['_QUERYMODELSALLREQUEST']._serialized_end=1238
+  _globals['_QUERYMODELSALLRESPONSE']._serialized_start=1240
+  _globals['_QUERYMODELSALLRESPONSE']._serialized_end=1307
+  _globals['_QUERYHARDWARENODESREQUEST']._serialized_start=1309
+  _globals['_QUERYHARDWARENODESREQUEST']._serialized_end=1357
+  _globals['_QUERYHARDWARENODESRESPONSE']._serialized_start=1359
+  _globals['_QUERYHARDWARENODESRESPONSE']._serialized_end=1438
+  _globals['_QUERYHARDWARENODESALLREQUEST']._serialized_start=1440
+  _globals['_QUERYHARDWARENODESALLREQUEST']._serialized_end=1470
+  _globals['_QUERYHARDWARENODESALLRESPONSE']._serialized_start=1472
+  _globals['_QUERYHARDWARENODESALLRESPONSE']._serialized_end=1554
+  _globals['_QUERYPOCBATCHESFORSTAGEREQUEST']._serialized_start=1556
+  _globals['_QUERYPOCBATCHESFORSTAGEREQUEST']._serialized_end=1610
+  _globals['_QUERYPOCBATCHESFORSTAGERESPONSE']._serialized_start=1612
+  _globals['_QUERYPOCBATCHESFORSTAGERESPONSE']._serialized_end=1713
+  _globals['_MODELPRICE']._serialized_start=1715
+  _globals['_MODELPRICE']._serialized_end=1760
+  _globals['_QUERYGETALLMODELPERTOKENPRICESREQUEST']._serialized_start=1762
+  _globals['_QUERYGETALLMODELPERTOKENPRICESREQUEST']._serialized_end=1801
+  _globals['_QUERYGETALLMODELPERTOKENPRICESRESPONSE']._serialized_start=1803
+  _globals['_QUERYGETALLMODELPERTOKENPRICESRESPONSE']._serialized_end=1898
+  _globals['_MODELCAPACITY']._serialized_start=1900
+  _globals['_MODELCAPACITY']._serialized_end=1951
+  _globals['_QUERYGETALLMODELCAPACITIESREQUEST']._serialized_start=1953
+  _globals['_QUERYGETALLMODELCAPACITIESREQUEST']._serialized_end=1988
+  _globals['_QUERYGETALLMODELCAPACITIESRESPONSE']._serialized_start=1990
+  _globals['_QUERYGETALLMODELCAPACITIESRESPONSE']._serialized_end=2088
+  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSREQUEST']._serialized_start=2090
+  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSREQUEST']._serialized_end=2172
+  _globals['_MODELSTATS']._serialized_start=2174
+  _globals['_MODELSTATS']._serialized_end=2240
+  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSRESPONSE']._serialized_start=2242
+  _globals['_QUERYINFERENCESANDTOKENSSTATSBYMODELSRESPONSE']._serialized_end=2344
+  _globals['_QUERYGETINFERENCEREQUEST']._serialized_start=2346
+  _globals['_QUERYGETINFERENCEREQUEST']._serialized_end=2387
+  _globals['_QUERYGETINFERENCERESPONSE']._serialized_start=2389
+  _globals['_QUERYGETINFERENCERESPONSE']._serialized_end=2467
+  _globals['_QUERYGETPARTICIPANTREQUEST']._serialized_start=2469
+  _globals['_QUERYGETPARTICIPANTREQUEST']._serialized_end=2512
+  _globals['_QUERYGETPARTICIPANTRESPONSE']._serialized_start=2514
+  _globals['_QUERYGETPARTICIPANTRESPONSE']._serialized_end=2598
+  _globals['_QUERYALLPARTICIPANTREQUEST']._serialized_start=2600
+  _globals['_QUERYALLPARTICIPANTREQUEST']._serialized_end=2688
+  _globals['_QUERYALLPARTICIPANTRESPONSE']._serialized_start=2691
+  _globals['_QUERYALLPARTICIPANTRESPONSE']._serialized_end=2858
+  _globals['_QUERYINFERENCEPARTICIPANTREQUEST']._serialized_start=2860
+  _globals['_QUERYINFERENCEPARTICIPANTREQUEST']._serialized_end=2911
+  _globals['_QUERYINFERENCEPARTICIPANTRESPONSE']._serialized_start=2913
+  _globals['_QUERYINFERENCEPARTICIPANTRESPONSE']._serialized_end=2981
+  _globals['_QUERYGRANTEESBYMESSAGETYPEREQUEST']._serialized_start=2983
+  _globals['_QUERYGRANTEESBYMESSAGETYPEREQUEST']._serialized_end=3069
+  _globals['_GRANTEE']._serialized_start=3071
+  _globals['_GRANTEE']._serialized_end=3114
+  _globals['_QUERYGRANTEESBYMESSAGETYPERESPONSE']._serialized_start=3116
+  _globals['_QUERYGRANTEESBYMESSAGETYPERESPONSE']._serialized_end=3200
+  _globals['_QUERYGETRANDOMEXECUTORREQUEST']._serialized_start=3202
+  _globals['_QUERYGETRANDOMEXECUTORREQUEST']._serialized_end=3248
+  _globals['_QUERYGETRANDOMEXECUTORRESPONSE']._serialized_start=3250
+  _globals['_QUERYGETRANDOMEXECUTORRESPONSE']._serialized_end=3334
+  _globals['_QUERYGETINFERENCEVALIDATIONPARAMETERSREQUEST']._serialized_start=3336
+  _globals['_QUERYGETINFERENCEVALIDATIONPARAMETERSREQUEST']._serialized_end=3414
+  _globals['_QUERYGETINFERENCEVALIDATIONPARAMETERSRESPONSE']._serialized_start=3417
+  _globals['_QUERYGETINFERENCEVALIDATIONPARAMETERSRESPONSE']._serialized_end=3638
+  _globals['_QUERYGETCURRENTEPOCHREQUEST']._serialized_start=3640
+  _globals['_QUERYGETCURRENTEPOCHREQUEST']._serialized_end=3669
+  _globals['_QUERYGETCURRENTEPOCHRESPONSE']._serialized_start=3671
+  _globals['_QUERYGETCURRENTEPOCHRESPONSE']._serialized_end=3716
+  _globals['_QUERYGETMODELPERTOKENPRICEREQUEST']._serialized_start=3718
+  _globals['_QUERYGETMODELPERTOKENPRICEREQUEST']._serialized_end=3771
+  _globals['_QUERYGETMODELPERTOKENPRICERESPONSE']._serialized_start=3773
+  _globals['_QUERYGETMODELPERTOKENPRICERESPONSE']._serialized_end=3839
+  _globals['_QUERY']._serialized_start=3842
+  _globals['_QUERY']._serialized_end=6533
 # @@protoc_insertion_point(module_scope)

@@ -15,8 +15,10 @@ import google.protobuf.message
 import dapi.gen.inference.inference.epoch_group_data_pb2
 import dapi.gen.inference.inference.epoch_pb2
 import dapi.gen.inference.inference.hardware_node_pb2
+import dapi.gen.inference.inference.inference_pb2
 import dapi.gen.inference.inference.model_pb2
 import dapi.gen.inference.inference.params_pb2
+import dapi.gen.inference.inference.participant_pb2
 import dapi.gen.inference.inference.pocbatch_pb2
 import sys
 import typing
@@ -482,3 +484,360 @@ class QueryInferencesAndTokensStatsByModelsResponse(google.protobuf.message.Mess
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___QueryInferencesAndTokensStatsByModelsResponse: typing_extensions.TypeAlias = QueryInferencesAndTokensStatsByModelsResponse
+
+@typing.final
+class QueryGetInferenceRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: builtins.int
+    index: builtins.str
+    def __init__(
+        self,
+        *,
+        index: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["index", b"index"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetInferenceRequest: typing_extensions.TypeAlias = QueryGetInferenceRequest
+
+@typing.final
+class QueryGetInferenceResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INFERENCE_FIELD_NUMBER: builtins.int
+    @property
+    def inference(self) -> dapi.gen.inference.inference.inference_pb2.Inference: ...
+    def __init__(
+        self,
+        *,
+        inference: dapi.gen.inference.inference.inference_pb2.Inference | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["inference", b"inference"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["inference", b"inference"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetInferenceResponse: typing_extensions.TypeAlias = QueryGetInferenceResponse
+
+@typing.final
+class QueryGetParticipantRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: builtins.int
+    index: builtins.str
+    """bech32 account address."""
+    def __init__(
+        self,
+        *,
+        index: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["index", b"index"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetParticipantRequest: typing_extensions.TypeAlias = QueryGetParticipantRequest
+
+@typing.final
+class QueryGetParticipantResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PARTICIPANT_FIELD_NUMBER: builtins.int
+    @property
+    def participant(self) -> dapi.gen.inference.inference.participant_pb2.Participant: ...
+    def __init__(
+        self,
+        *,
+        participant: dapi.gen.inference.inference.participant_pb2.Participant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["participant", b"participant"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["participant", b"participant"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetParticipantResponse: typing_extensions.TypeAlias = QueryGetParticipantResponse
+
+@typing.final
+class QueryAllParticipantRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PAGINATION_FIELD_NUMBER: builtins.int
+    @property
+    def pagination(self) -> dapi.gen.cosmos.base.query.v1beta1.pagination_pb2.PageRequest: ...
+    def __init__(
+        self,
+        *,
+        pagination: dapi.gen.cosmos.base.query.v1beta1.pagination_pb2.PageRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["pagination", b"pagination"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["pagination", b"pagination"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryAllParticipantRequest: typing_extensions.TypeAlias = QueryAllParticipantRequest
+
+@typing.final
+class QueryAllParticipantResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PARTICIPANT_FIELD_NUMBER: builtins.int
+    PAGINATION_FIELD_NUMBER: builtins.int
+    BLOCK_HEIGHT_FIELD_NUMBER: builtins.int
+    block_height: builtins.int
+    @property
+    def participant(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dapi.gen.inference.inference.participant_pb2.Participant]: ...
+    @property
+    def pagination(self) -> dapi.gen.cosmos.base.query.v1beta1.pagination_pb2.PageResponse: ...
+    def __init__(
+        self,
+        *,
+        participant: collections.abc.Iterable[dapi.gen.inference.inference.participant_pb2.Participant] | None = ...,
+        pagination: dapi.gen.cosmos.base.query.v1beta1.pagination_pb2.PageResponse | None = ...,
+        block_height: builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["pagination", b"pagination"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["block_height", b"block_height", "pagination", b"pagination", "participant", b"participant"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryAllParticipantResponse: typing_extensions.TypeAlias = QueryAllParticipantResponse
+
+@typing.final
+class QueryInferenceParticipantRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: builtins.int
+    address: builtins.str
+    def __init__(
+        self,
+        *,
+        address: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["address", b"address"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryInferenceParticipantRequest: typing_extensions.TypeAlias = QueryInferenceParticipantRequest
+
+@typing.final
+class QueryInferenceParticipantResponse(google.protobuf.message.Message):
+    """pubkey: base64 of the 33-byte compressed account key; balance: spendable ngonka."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PUBKEY_FIELD_NUMBER: builtins.int
+    BALANCE_FIELD_NUMBER: builtins.int
+    pubkey: builtins.str
+    balance: builtins.int
+    def __init__(
+        self,
+        *,
+        pubkey: builtins.str = ...,
+        balance: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["balance", b"balance", "pubkey", b"pubkey"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryInferenceParticipantResponse: typing_extensions.TypeAlias = QueryInferenceParticipantResponse
+
+@typing.final
+class QueryGranteesByMessageTypeRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    GRANTER_ADDRESS_FIELD_NUMBER: builtins.int
+    MESSAGE_TYPE_URL_FIELD_NUMBER: builtins.int
+    granter_address: builtins.str
+    message_type_url: builtins.str
+    def __init__(
+        self,
+        *,
+        granter_address: builtins.str = ...,
+        message_type_url: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["granter_address", b"granter_address", "message_type_url", b"message_type_url"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGranteesByMessageTypeRequest: typing_extensions.TypeAlias = QueryGranteesByMessageTypeRequest
+
+@typing.final
+class Grantee(google.protobuf.message.Message):
+    """pub_key: base64 of the grantee's account key."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: builtins.int
+    PUB_KEY_FIELD_NUMBER: builtins.int
+    address: builtins.str
+    pub_key: builtins.str
+    def __init__(
+        self,
+        *,
+        address: builtins.str = ...,
+        pub_key: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["address", b"address", "pub_key", b"pub_key"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___Grantee: typing_extensions.TypeAlias = Grantee
+
+@typing.final
+class QueryGranteesByMessageTypeResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    GRANTEES_FIELD_NUMBER: builtins.int
+    @property
+    def grantees(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___Grantee]: ...
+    def __init__(
+        self,
+        *,
+        grantees: collections.abc.Iterable[Global___Grantee] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["grantees", b"grantees"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGranteesByMessageTypeResponse: typing_extensions.TypeAlias = QueryGranteesByMessageTypeResponse
+
+@typing.final
+class QueryGetRandomExecutorRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: builtins.int
+    model: builtins.str
+    def __init__(
+        self,
+        *,
+        model: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["model", b"model"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetRandomExecutorRequest: typing_extensions.TypeAlias = QueryGetRandomExecutorRequest
+
+@typing.final
+class QueryGetRandomExecutorResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EXECUTOR_FIELD_NUMBER: builtins.int
+    @property
+    def executor(self) -> dapi.gen.inference.inference.participant_pb2.Participant: ...
+    def __init__(
+        self,
+        *,
+        executor: dapi.gen.inference.inference.participant_pb2.Participant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["executor", b"executor"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["executor", b"executor"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetRandomExecutorResponse: typing_extensions.TypeAlias = QueryGetRandomExecutorResponse
+
+@typing.final
+class QueryGetInferenceValidationParametersRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: builtins.int
+    REQUESTER_FIELD_NUMBER: builtins.int
+    requester: builtins.str
+    @property
+    def ids(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ids: collections.abc.Iterable[builtins.str] | None = ...,
+        requester: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["ids", b"ids", "requester", b"requester"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetInferenceValidationParametersRequest: typing_extensions.TypeAlias = QueryGetInferenceValidationParametersRequest
+
+@typing.final
+class QueryGetInferenceValidationParametersResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    VALIDATOR_POWER_FIELD_NUMBER: builtins.int
+    CURRENT_HEIGHT_FIELD_NUMBER: builtins.int
+    DETAILS_FIELD_NUMBER: builtins.int
+    PARAMETERS_FIELD_NUMBER: builtins.int
+    validator_power: builtins.int
+    current_height: builtins.int
+    @property
+    def details(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[dapi.gen.inference.inference.inference_pb2.InferenceValidationDetails]: ...
+    @property
+    def parameters(self) -> dapi.gen.inference.inference.params_pb2.ValidationParams: ...
+    def __init__(
+        self,
+        *,
+        validator_power: builtins.int = ...,
+        current_height: builtins.int = ...,
+        details: collections.abc.Iterable[dapi.gen.inference.inference.inference_pb2.InferenceValidationDetails] | None = ...,
+        parameters: dapi.gen.inference.inference.params_pb2.ValidationParams | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["parameters", b"parameters"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["current_height", b"current_height", "details", b"details", "parameters", b"parameters", "validator_power", b"validator_power"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetInferenceValidationParametersResponse: typing_extensions.TypeAlias = QueryGetInferenceValidationParametersResponse
+
+@typing.final
+class QueryGetCurrentEpochRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___QueryGetCurrentEpochRequest: typing_extensions.TypeAlias = QueryGetCurrentEpochRequest
+
+@typing.final
+class QueryGetCurrentEpochResponse(google.protobuf.message.Message):
+    """The effective epoch's index."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: builtins.int
+    epoch: builtins.int
+    def __init__(
+        self,
+        *,
+        epoch: builtins.int = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["epoch", b"epoch"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetCurrentEpochResponse: typing_extensions.TypeAlias = QueryGetCurrentEpochResponse
+
+@typing.final
+class QueryGetModelPerTokenPriceRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: builtins.int
+    model_id: builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["model_id", b"model_id"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetModelPerTokenPriceRequest: typing_extensions.TypeAlias = QueryGetModelPerTokenPriceRequest
+
+@typing.final
+class QueryGetModelPerTokenPriceResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    PRICE_FIELD_NUMBER: builtins.int
+    FOUND_FIELD_NUMBER: builtins.int
+    price: builtins.int
+    found: builtins.bool
+    def __init__(
+        self,
+        *,
+        price: builtins.int = ...,
+        found: builtins.bool = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["found", b"found", "price", b"price"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___QueryGetModelPerTokenPriceResponse: typing_extensions.TypeAlias = QueryGetModelPerTokenPriceResponse

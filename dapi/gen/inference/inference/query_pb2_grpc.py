@@ -94,6 +94,51 @@ class QueryStub:
                 request_serializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.SerializeToString,
                 response_deserializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.FromString,
                 _registered_method=True)
+        self.Inference = channel.unary_unary(
+                '/inference.inference.Query/Inference',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceResponse.FromString,
+                _registered_method=True)
+        self.Participant = channel.unary_unary(
+                '/inference.inference.Query/Participant',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetParticipantRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetParticipantResponse.FromString,
+                _registered_method=True)
+        self.ParticipantAll = channel.unary_unary(
+                '/inference.inference.Query/ParticipantAll',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryAllParticipantRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryAllParticipantResponse.FromString,
+                _registered_method=True)
+        self.InferenceParticipant = channel.unary_unary(
+                '/inference.inference.Query/InferenceParticipant',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryInferenceParticipantRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryInferenceParticipantResponse.FromString,
+                _registered_method=True)
+        self.GranteesByMessageType = channel.unary_unary(
+                '/inference.inference.Query/GranteesByMessageType',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeResponse.FromString,
+                _registered_method=True)
+        self.GetRandomExecutor = channel.unary_unary(
+                '/inference.inference.Query/GetRandomExecutor',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorResponse.FromString,
+                _registered_method=True)
+        self.GetInferenceValidationParameters = channel.unary_unary(
+                '/inference.inference.Query/GetInferenceValidationParameters',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersResponse.FromString,
+                _registered_method=True)
+        self.GetCurrentEpoch = channel.unary_unary(
+                '/inference.inference.Query/GetCurrentEpoch',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochResponse.FromString,
+                _registered_method=True)
+        self.GetModelPerTokenPrice = channel.unary_unary(
+                '/inference.inference.Query/GetModelPerTokenPrice',
+                request_serializer=inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceRequest.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServicer:
@@ -171,6 +216,61 @@ class QueryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Inference(self, request, context):
+        """The inference path (reference/inference.md §3, chain-io.md §3; DESIGN.md §4.4).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Participant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ParticipantAll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InferenceParticipant(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GranteesByMessageType(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRandomExecutor(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInferenceValidationParameters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCurrentEpoch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelPerTokenPrice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QueryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +333,51 @@ def add_QueryServicer_to_server(servicer, server):
                     servicer.InferencesAndTokensStatsByModels,
                     request_deserializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.FromString,
                     response_serializer=inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.SerializeToString,
+            ),
+            'Inference': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inference,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceResponse.SerializeToString,
+            ),
+            'Participant': grpc.unary_unary_rpc_method_handler(
+                    servicer.Participant,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetParticipantRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetParticipantResponse.SerializeToString,
+            ),
+            'ParticipantAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.ParticipantAll,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryAllParticipantRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryAllParticipantResponse.SerializeToString,
+            ),
+            'InferenceParticipant': grpc.unary_unary_rpc_method_handler(
+                    servicer.InferenceParticipant,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryInferenceParticipantRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryInferenceParticipantResponse.SerializeToString,
+            ),
+            'GranteesByMessageType': grpc.unary_unary_rpc_method_handler(
+                    servicer.GranteesByMessageType,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeResponse.SerializeToString,
+            ),
+            'GetRandomExecutor': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRandomExecutor,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorResponse.SerializeToString,
+            ),
+            'GetInferenceValidationParameters': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInferenceValidationParameters,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersResponse.SerializeToString,
+            ),
+            'GetCurrentEpoch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCurrentEpoch,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochResponse.SerializeToString,
+            ),
+            'GetModelPerTokenPrice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelPerTokenPrice,
+                    request_deserializer=inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceRequest.FromString,
+                    response_serializer=inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +704,249 @@ class Query:
             '/inference.inference.Query/InferencesAndTokensStatsByModels',
             inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsRequest.SerializeToString,
             inference_dot_inference_dot_query__pb2.QueryInferencesAndTokensStatsByModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/Inference',
+            inference_dot_inference_dot_query__pb2.QueryGetInferenceRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetInferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Participant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/Participant',
+            inference_dot_inference_dot_query__pb2.QueryGetParticipantRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ParticipantAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/ParticipantAll',
+            inference_dot_inference_dot_query__pb2.QueryAllParticipantRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryAllParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferenceParticipant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/InferenceParticipant',
+            inference_dot_inference_dot_query__pb2.QueryInferenceParticipantRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryInferenceParticipantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GranteesByMessageType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GranteesByMessageType',
+            inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGranteesByMessageTypeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRandomExecutor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetRandomExecutor',
+            inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetRandomExecutorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInferenceValidationParameters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetInferenceValidationParameters',
+            inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetInferenceValidationParametersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCurrentEpoch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetCurrentEpoch',
+            inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetCurrentEpochResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelPerTokenPrice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Query/GetModelPerTokenPrice',
+            inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceRequest.SerializeToString,
+            inference_dot_inference_dot_query__pb2.QueryGetModelPerTokenPriceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,16 @@ class QueryStub:
     GetAllModelPerTokenPrices: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]
     GetAllModelCapacities: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]
     InferencesAndTokensStatsByModels: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest, dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]
+    Inference: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceRequest, dapi.gen.inference.inference.query_pb2.QueryGetInferenceResponse]
+    """The inference path (reference/inference.md §3, chain-io.md §3; DESIGN.md §4.4)."""
+    Participant: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryGetParticipantResponse]
+    ParticipantAll: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryAllParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryAllParticipantResponse]
+    InferenceParticipant: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantResponse]
+    GranteesByMessageType: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeRequest, dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeResponse]
+    GetRandomExecutor: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorRequest, dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorResponse]
+    GetInferenceValidationParameters: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersRequest, dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersResponse]
+    GetCurrentEpoch: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochRequest, dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochResponse]
+    GetModelPerTokenPrice: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceRequest, dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceResponse]
 
 @typing.type_check_only
 class QueryAsyncStub(QueryStub):
@@ -56,6 +66,16 @@ class QueryAsyncStub(QueryStub):
     GetAllModelPerTokenPrices: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelPerTokenPricesResponse]  # type: ignore[assignment]
     GetAllModelCapacities: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesRequest, dapi.gen.inference.inference.query_pb2.QueryGetAllModelCapacitiesResponse]  # type: ignore[assignment]
     InferencesAndTokensStatsByModels: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest, dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]  # type: ignore[assignment]
+    Inference: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceRequest, dapi.gen.inference.inference.query_pb2.QueryGetInferenceResponse]  # type: ignore[assignment]
+    """The inference path (reference/inference.md §3, chain-io.md §3; DESIGN.md §4.4)."""
+    Participant: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryGetParticipantResponse]  # type: ignore[assignment]
+    ParticipantAll: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryAllParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryAllParticipantResponse]  # type: ignore[assignment]
+    InferenceParticipant: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantRequest, dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantResponse]  # type: ignore[assignment]
+    GranteesByMessageType: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeRequest, dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeResponse]  # type: ignore[assignment]
+    GetRandomExecutor: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorRequest, dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorResponse]  # type: ignore[assignment]
+    GetInferenceValidationParameters: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersRequest, dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersResponse]  # type: ignore[assignment]
+    GetCurrentEpoch: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochRequest, dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochResponse]  # type: ignore[assignment]
+    GetModelPerTokenPrice: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceRequest, dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceResponse]  # type: ignore[assignment]
 
 class QueryServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -141,5 +161,69 @@ class QueryServicer(metaclass=abc.ABCMeta):
         request: dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsRequest,
         context: _ServicerContext,
     ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryInferencesAndTokensStatsByModelsResponse]]: ...
+
+    @abc.abstractmethod
+    def Inference(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetInferenceRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetInferenceResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceResponse]]:
+        """The inference path (reference/inference.md §3, chain-io.md §3; DESIGN.md §4.4)."""
+
+    @abc.abstractmethod
+    def Participant(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetParticipantRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetParticipantResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetParticipantResponse]]: ...
+
+    @abc.abstractmethod
+    def ParticipantAll(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryAllParticipantRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryAllParticipantResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryAllParticipantResponse]]: ...
+
+    @abc.abstractmethod
+    def InferenceParticipant(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryInferenceParticipantResponse]]: ...
+
+    @abc.abstractmethod
+    def GranteesByMessageType(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGranteesByMessageTypeResponse]]: ...
+
+    @abc.abstractmethod
+    def GetRandomExecutor(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetRandomExecutorResponse]]: ...
+
+    @abc.abstractmethod
+    def GetInferenceValidationParameters(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetInferenceValidationParametersResponse]]: ...
+
+    @abc.abstractmethod
+    def GetCurrentEpoch(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetCurrentEpochResponse]]: ...
+
+    @abc.abstractmethod
+    def GetModelPerTokenPrice(
+        self,
+        request: dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceResponse, collections.abc.Awaitable[dapi.gen.inference.inference.query_pb2.QueryGetModelPerTokenPriceResponse]]: ...
 
 def add_QueryServicer_to_server(servicer: QueryServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -232,3 +232,194 @@ class MsgClaimRewardsResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___MsgClaimRewardsResponse: typing_extensions.TypeAlias = MsgClaimRewardsResponse
+
+@typing.final
+class MsgStartInference(google.protobuf.message.Message):
+    """Sent by the transfer agent (reference/inference.md §2.2). Fields 5 and 13 are unused on the chain."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CREATOR_FIELD_NUMBER: builtins.int
+    INFERENCE_ID_FIELD_NUMBER: builtins.int
+    PROMPT_HASH_FIELD_NUMBER: builtins.int
+    PROMPT_PAYLOAD_FIELD_NUMBER: builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    REQUESTED_BY_FIELD_NUMBER: builtins.int
+    ASSIGNED_TO_FIELD_NUMBER: builtins.int
+    NODE_VERSION_FIELD_NUMBER: builtins.int
+    MAX_TOKENS_FIELD_NUMBER: builtins.int
+    PROMPT_TOKEN_COUNT_FIELD_NUMBER: builtins.int
+    REQUEST_TIMESTAMP_FIELD_NUMBER: builtins.int
+    TRANSFER_SIGNATURE_FIELD_NUMBER: builtins.int
+    ORIGINAL_PROMPT_FIELD_NUMBER: builtins.int
+    creator: builtins.str
+    inference_id: builtins.str
+    prompt_hash: builtins.str
+    prompt_payload: builtins.str
+    model: builtins.str
+    requested_by: builtins.str
+    assigned_to: builtins.str
+    node_version: builtins.str
+    max_tokens: builtins.int
+    prompt_token_count: builtins.int
+    request_timestamp: builtins.int
+    transfer_signature: builtins.str
+    original_prompt: builtins.str
+    def __init__(
+        self,
+        *,
+        creator: builtins.str = ...,
+        inference_id: builtins.str = ...,
+        prompt_hash: builtins.str = ...,
+        prompt_payload: builtins.str = ...,
+        model: builtins.str = ...,
+        requested_by: builtins.str = ...,
+        assigned_to: builtins.str = ...,
+        node_version: builtins.str = ...,
+        max_tokens: builtins.int = ...,
+        prompt_token_count: builtins.int = ...,
+        request_timestamp: builtins.int = ...,
+        transfer_signature: builtins.str = ...,
+        original_prompt: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["assigned_to", b"assigned_to", "creator", b"creator", "inference_id", b"inference_id", "max_tokens", b"max_tokens", "model", b"model", "node_version", b"node_version", "original_prompt", b"original_prompt", "prompt_hash", b"prompt_hash", "prompt_payload", b"prompt_payload", "prompt_token_count", b"prompt_token_count", "request_timestamp", b"request_timestamp", "requested_by", b"requested_by", "transfer_signature", b"transfer_signature"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___MsgStartInference: typing_extensions.TypeAlias = MsgStartInference
+
+@typing.final
+class MsgStartInferenceResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INFERENCE_INDEX_FIELD_NUMBER: builtins.int
+    inference_index: builtins.str
+    def __init__(
+        self,
+        *,
+        inference_index: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["inference_index", b"inference_index"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___MsgStartInferenceResponse: typing_extensions.TypeAlias = MsgStartInferenceResponse
+
+@typing.final
+class MsgFinishInference(google.protobuf.message.Message):
+    """Sent by the executor (reference/inference.md §2.3)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CREATOR_FIELD_NUMBER: builtins.int
+    INFERENCE_ID_FIELD_NUMBER: builtins.int
+    RESPONSE_HASH_FIELD_NUMBER: builtins.int
+    RESPONSE_PAYLOAD_FIELD_NUMBER: builtins.int
+    PROMPT_TOKEN_COUNT_FIELD_NUMBER: builtins.int
+    COMPLETION_TOKEN_COUNT_FIELD_NUMBER: builtins.int
+    EXECUTED_BY_FIELD_NUMBER: builtins.int
+    TRANSFERRED_BY_FIELD_NUMBER: builtins.int
+    REQUEST_TIMESTAMP_FIELD_NUMBER: builtins.int
+    TRANSFER_SIGNATURE_FIELD_NUMBER: builtins.int
+    EXECUTOR_SIGNATURE_FIELD_NUMBER: builtins.int
+    REQUESTED_BY_FIELD_NUMBER: builtins.int
+    ORIGINAL_PROMPT_FIELD_NUMBER: builtins.int
+    MODEL_FIELD_NUMBER: builtins.int
+    creator: builtins.str
+    inference_id: builtins.str
+    response_hash: builtins.str
+    response_payload: builtins.str
+    prompt_token_count: builtins.int
+    completion_token_count: builtins.int
+    executed_by: builtins.str
+    transferred_by: builtins.str
+    request_timestamp: builtins.int
+    transfer_signature: builtins.str
+    executor_signature: builtins.str
+    requested_by: builtins.str
+    original_prompt: builtins.str
+    model: builtins.str
+    def __init__(
+        self,
+        *,
+        creator: builtins.str = ...,
+        inference_id: builtins.str = ...,
+        response_hash: builtins.str = ...,
+        response_payload: builtins.str = ...,
+        prompt_token_count: builtins.int = ...,
+        completion_token_count: builtins.int = ...,
+        executed_by: builtins.str = ...,
+        transferred_by: builtins.str = ...,
+        request_timestamp: builtins.int = ...,
+        transfer_signature: builtins.str = ...,
+        executor_signature: builtins.str = ...,
+        requested_by: builtins.str = ...,
+        original_prompt: builtins.str = ...,
+        model: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["completion_token_count", b"completion_token_count", "creator", b"creator", "executed_by", b"executed_by", "executor_signature", b"executor_signature", "inference_id", b"inference_id", "model", b"model", "original_prompt", b"original_prompt", "prompt_token_count", b"prompt_token_count", "request_timestamp", b"request_timestamp", "requested_by", b"requested_by", "response_hash", b"response_hash", "response_payload", b"response_payload", "transfer_signature", b"transfer_signature", "transferred_by", b"transferred_by"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___MsgFinishInference: typing_extensions.TypeAlias = MsgFinishInference
+
+@typing.final
+class MsgFinishInferenceResponse(google.protobuf.message.Message):
+    """The chain never fills inference_index here (reference/inference.md §9)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    INFERENCE_INDEX_FIELD_NUMBER: builtins.int
+    inference_index: builtins.str
+    def __init__(
+        self,
+        *,
+        inference_index: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["inference_index", b"inference_index"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___MsgFinishInferenceResponse: typing_extensions.TypeAlias = MsgFinishInferenceResponse
+
+@typing.final
+class MsgValidation(google.protobuf.message.Message):
+    """Sent by a validator after re-running an inference (reference/inference.md §4.3)."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CREATOR_FIELD_NUMBER: builtins.int
+    ID_FIELD_NUMBER: builtins.int
+    INFERENCE_ID_FIELD_NUMBER: builtins.int
+    RESPONSE_PAYLOAD_FIELD_NUMBER: builtins.int
+    RESPONSE_HASH_FIELD_NUMBER: builtins.int
+    VALUE_FIELD_NUMBER: builtins.int
+    REVALIDATION_FIELD_NUMBER: builtins.int
+    creator: builtins.str
+    id: builtins.str
+    inference_id: builtins.str
+    response_payload: builtins.str
+    response_hash: builtins.str
+    value: builtins.float
+    revalidation: builtins.bool
+    def __init__(
+        self,
+        *,
+        creator: builtins.str = ...,
+        id: builtins.str = ...,
+        inference_id: builtins.str = ...,
+        response_payload: builtins.str = ...,
+        response_hash: builtins.str = ...,
+        value: builtins.float = ...,
+        revalidation: builtins.bool = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["creator", b"creator", "id", b"id", "inference_id", b"inference_id", "response_hash", b"response_hash", "response_payload", b"response_payload", "revalidation", b"revalidation", "value", b"value"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___MsgValidation: typing_extensions.TypeAlias = MsgValidation
+
+@typing.final
+class MsgValidationResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___MsgValidationResponse: typing_extensions.TypeAlias = MsgValidationResponse

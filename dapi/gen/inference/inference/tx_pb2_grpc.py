@@ -59,6 +59,21 @@ class MsgStub:
                 request_serializer=inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiff.SerializeToString,
                 response_deserializer=inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiffResponse.FromString,
                 _registered_method=True)
+        self.StartInference = channel.unary_unary(
+                '/inference.inference.Msg/StartInference',
+                request_serializer=inference_dot_inference_dot_tx__pb2.MsgStartInference.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_tx__pb2.MsgStartInferenceResponse.FromString,
+                _registered_method=True)
+        self.FinishInference = channel.unary_unary(
+                '/inference.inference.Msg/FinishInference',
+                request_serializer=inference_dot_inference_dot_tx__pb2.MsgFinishInference.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_tx__pb2.MsgFinishInferenceResponse.FromString,
+                _registered_method=True)
+        self.Validation = channel.unary_unary(
+                '/inference.inference.Msg/Validation',
+                request_serializer=inference_dot_inference_dot_tx__pb2.MsgValidation.SerializeToString,
+                response_deserializer=inference_dot_inference_dot_tx__pb2.MsgValidationResponse.FromString,
+                _registered_method=True)
 
 
 class MsgServicer:
@@ -94,6 +109,24 @@ class MsgServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartInference(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishInference(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Validation(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MsgServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +154,21 @@ def add_MsgServicer_to_server(servicer, server):
                     servicer.SubmitHardwareDiff,
                     request_deserializer=inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiff.FromString,
                     response_serializer=inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiffResponse.SerializeToString,
+            ),
+            'StartInference': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartInference,
+                    request_deserializer=inference_dot_inference_dot_tx__pb2.MsgStartInference.FromString,
+                    response_serializer=inference_dot_inference_dot_tx__pb2.MsgStartInferenceResponse.SerializeToString,
+            ),
+            'FinishInference': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishInference,
+                    request_deserializer=inference_dot_inference_dot_tx__pb2.MsgFinishInference.FromString,
+                    response_serializer=inference_dot_inference_dot_tx__pb2.MsgFinishInferenceResponse.SerializeToString,
+            ),
+            'Validation': grpc.unary_unary_rpc_method_handler(
+                    servicer.Validation,
+                    request_deserializer=inference_dot_inference_dot_tx__pb2.MsgValidation.FromString,
+                    response_serializer=inference_dot_inference_dot_tx__pb2.MsgValidationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +306,87 @@ class Msg:
             '/inference.inference.Msg/SubmitHardwareDiff',
             inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiff.SerializeToString,
             inference_dot_inference_dot_tx__pb2.MsgSubmitHardwareDiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartInference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Msg/StartInference',
+            inference_dot_inference_dot_tx__pb2.MsgStartInference.SerializeToString,
+            inference_dot_inference_dot_tx__pb2.MsgStartInferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishInference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Msg/FinishInference',
+            inference_dot_inference_dot_tx__pb2.MsgFinishInference.SerializeToString,
+            inference_dot_inference_dot_tx__pb2.MsgFinishInferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Validation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inference.inference.Msg/Validation',
+            inference_dot_inference_dot_tx__pb2.MsgValidation.SerializeToString,
+            inference_dot_inference_dot_tx__pb2.MsgValidationResponse.FromString,
             options,
             channel_credentials,
             insecure,

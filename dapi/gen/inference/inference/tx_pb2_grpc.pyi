@@ -33,6 +33,9 @@ class MsgStub:
     SubmitPocValidation: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitPocValidation, dapi.gen.inference.inference.tx_pb2.MsgSubmitPocValidationResponse]
     SubmitSeed: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitSeed, dapi.gen.inference.inference.tx_pb2.MsgSubmitSeedResponse]
     SubmitHardwareDiff: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiff, dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiffResponse]
+    StartInference: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgStartInference, dapi.gen.inference.inference.tx_pb2.MsgStartInferenceResponse]
+    FinishInference: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgFinishInference, dapi.gen.inference.inference.tx_pb2.MsgFinishInferenceResponse]
+    Validation: grpc.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgValidation, dapi.gen.inference.inference.tx_pb2.MsgValidationResponse]
 
 @typing.type_check_only
 class MsgAsyncStub(MsgStub):
@@ -42,6 +45,9 @@ class MsgAsyncStub(MsgStub):
     SubmitPocValidation: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitPocValidation, dapi.gen.inference.inference.tx_pb2.MsgSubmitPocValidationResponse]  # type: ignore[assignment]
     SubmitSeed: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitSeed, dapi.gen.inference.inference.tx_pb2.MsgSubmitSeedResponse]  # type: ignore[assignment]
     SubmitHardwareDiff: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiff, dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiffResponse]  # type: ignore[assignment]
+    StartInference: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgStartInference, dapi.gen.inference.inference.tx_pb2.MsgStartInferenceResponse]  # type: ignore[assignment]
+    FinishInference: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgFinishInference, dapi.gen.inference.inference.tx_pb2.MsgFinishInferenceResponse]  # type: ignore[assignment]
+    Validation: grpc.aio.UnaryUnaryMultiCallable[dapi.gen.inference.inference.tx_pb2.MsgValidation, dapi.gen.inference.inference.tx_pb2.MsgValidationResponse]  # type: ignore[assignment]
 
 class MsgServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -78,5 +84,26 @@ class MsgServicer(metaclass=abc.ABCMeta):
         request: dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiff,
         context: _ServicerContext,
     ) -> typing.Union[dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiffResponse, collections.abc.Awaitable[dapi.gen.inference.inference.tx_pb2.MsgSubmitHardwareDiffResponse]]: ...
+
+    @abc.abstractmethod
+    def StartInference(
+        self,
+        request: dapi.gen.inference.inference.tx_pb2.MsgStartInference,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.tx_pb2.MsgStartInferenceResponse, collections.abc.Awaitable[dapi.gen.inference.inference.tx_pb2.MsgStartInferenceResponse]]: ...
+
+    @abc.abstractmethod
+    def FinishInference(
+        self,
+        request: dapi.gen.inference.inference.tx_pb2.MsgFinishInference,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.tx_pb2.MsgFinishInferenceResponse, collections.abc.Awaitable[dapi.gen.inference.inference.tx_pb2.MsgFinishInferenceResponse]]: ...
+
+    @abc.abstractmethod
+    def Validation(
+        self,
+        request: dapi.gen.inference.inference.tx_pb2.MsgValidation,
+        context: _ServicerContext,
+    ) -> typing.Union[dapi.gen.inference.inference.tx_pb2.MsgValidationResponse, collections.abc.Awaitable[dapi.gen.inference.inference.tx_pb2.MsgValidationResponse]]: ...
 
 def add_MsgServicer_to_server(servicer: MsgServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...
