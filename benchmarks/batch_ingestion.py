@@ -22,11 +22,20 @@ from dapi.runtime.serving import EmbeddedServer
 from dapi.server.mlnode.app import create_mlnode_app
 
 ACCOUNT = "gonka1helduaxd0n4q3mp6w8f5vt8x2u6t9whf74jpwe"
+PUBLIC_KEY = "02" + "ab" * 32
+STAGE = (123456, "A1" * 32)
+ROUTE = "/n/secret-of-node-3/v1/poc-batches/generated"  # node 3's own callback URL, as its InitDto gives it
 
 
 class Nodes:
+    def node_id_by_secret(self, secret: str) -> str | None:
+        return "node-3" if secret == "secret-of-node-3" else None
+
     def node_id_by_num(self, node_num: int) -> str | None:
         return f"node-{node_num}"
+
+    def poc_stage_hash(self, height: int) -> str | None:
+        return STAGE[1] if height == STAGE[0] else None
 
 
 class NeverSends:
@@ -37,7 +46,7 @@ class NeverSends:
 def batch_body(n: int, seed: int = 1) -> bytes:
     rng = random.Random(seed)
     nonces = sorted(rng.sample(range(50_000_000), n))
-    return json.dumps({"public_key": "02" + "ab" * 32, "block_hash": "A1" * 32, "block_height": 123456,
+    return json.dumps({"public_key": PUBLIC_KEY, "block_hash": STAGE[1], "block_height": STAGE[0],
                        "nonces": nonces, "dist": [rng.random() for _ in range(n)], "node_id": 3}).encode()
 
 
@@ -49,7 +58,7 @@ async def main() -> list[Result]:
 
         outbox = Outbox(Path(tmp) / "outbox.sqlite", broadcaster=NeverSends(), signer_factory=signer)  # type: ignore[arg-type]
         await outbox.open()
-        app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT)
+        app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, participant_pubkey_hex=PUBLIC_KEY)
         server = EmbeddedServer(app)
         await server.start()
         try:
@@ -61,7 +70,7 @@ async def main() -> list[Result]:
                     json.loads(body)
                     floors.append(now() - started)
                     started = now()
-                    response = await client.post("/v1/poc-batches/generated", content=body,
+                    response = await client.post(ROUTE, content=body,
                                                  headers={"content-type": "application/json"})
                     times.append(now() - started)
                     assert response.status_code == 200, response.text
@@ -79,7 +88,7 @@ async def main() -> list[Result]:
                 nonlocal count
                 reader, writer = connections[i]
                 while now() < deadline:
-                    status, _ = await raw_request(reader, writer, "POST", "/v1/poc-batches/generated", small[i])
+                    status, _ = await raw_request(reader, writer, "POST", ROUTE, small[i])
                     assert status == 200
                     count += 1
 

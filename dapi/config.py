@@ -77,7 +77,8 @@ class _Section(BaseModel):
 
 
 class ApiConfig(_Section):
-    """The ``api`` section: ports and bind addresses of the three servers, URLs given out, admin token, body limit."""
+    """The ``api`` section: ports and bind addresses of the three servers, URLs given out, admin token, body limit,
+    and whether the shared (legacy) PoC callback routes are served."""
 
     public_server_port: int = Field(9000, ge=0, le=65535)
     ml_server_port: int = Field(9100, ge=0, le=65535)
@@ -87,6 +88,9 @@ class ApiConfig(_Section):
     bind_host: str = "0.0.0.0"
     admin_bind_host: str = "127.0.0.1"
     admin_token: str = ""
+    # The reference's shared PoC callback routes (/v1/poc-batches/..., /mlnode/v1/...), which trust the node
+    # number a batch claims. Off: only each node's own URL (<poc_callback_url>/n/<secret>/...) is served.
+    ml_legacy_callbacks: bool = False
     ml_body_limit: int = Field(DEFAULT_ML_BODY_LIMIT, gt=0)
     # Per server: seconds a request's headers and body may take to arrive, and open connections.
     request_read_timeout: float = Field(30.0, gt=0)

@@ -44,7 +44,7 @@ from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
-from dapi.server.mlnode.app import create_mlnode_app
+from dapi.server.mlnode.app import BrokerNodes, create_mlnode_app
 from dapi.server.public.app import create_public_app
 
 log = get_logger("dapi.daemon")
@@ -225,8 +225,10 @@ class Daemon:
                                    poc_batches=chain.query.poc_batches_for_stage,
                                    dynamic_pricing=DynamicPricing(chain.query, self.view), metrics=self.metrics,
                                    before_metrics=self._refresh_metrics)
-        ml = create_mlnode_app(nodes=_NodeNames(broker), outbox=self.outbox,
-                               account_address=self.identity.account_address, metrics=self.metrics,
+        ml = create_mlnode_app(nodes=BrokerNodes(broker), outbox=self.outbox,
+                               account_address=self.identity.account_address,
+                               participant_pubkey_hex=self.identity.pubkey_hex,
+                               legacy_callbacks=api.ml_legacy_callbacks, metrics=self.metrics,
                                body_limit=api.ml_body_limit)
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
         limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
@@ -257,6 +259,8 @@ class Daemon:
                             retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
         self.registration_error = ""
+        # From now on only registered nodes' URLs work (a node dropped from the config is refused).
+        await self.broker.forget_unregistered_secrets()
         # Tell the chain about the nodes now rather than a sync interval later: an epoch formed before
         # the chain knows them would leave them without a model.
         try:
@@ -360,17 +364,6 @@ def _follower_status(follower: BlockFollower | None) -> dict[str, Any]:
             for r in follower.skipped
         ],
     }
-
-
-class _NodeNames:
-    """The ML callback server's view of the broker: node number → node id."""
-
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
-
-    def node_id_by_num(self, node_num: int) -> str | None:
-        node = self._broker.node_by_num(node_num)
-        return node.id if node else None
 
 
 async def run(config: Config) -> int:

@@ -28,6 +28,12 @@ class Metrics:
         self.batches_accepted = Counter(
             "dapi_poc_batches_accepted", "PoC batches answered 200 (durably queued)", ["kind"], registry=r
         )
+        self.batches_refused = Counter(
+            "dapi_poc_batches_refused",
+            "PoC batches refused as not from an own ML node: unknown callback URL, shared route off, "
+            "another participant's key, or a PoC stage the nodes were never started for",
+            ["kind", "reason"], registry=r,
+        )
         self.txs_landed = Counter("dapi_txs_landed", "Transactions included with code 0", ["type"], registry=r)
         self.tx_failures = Counter(
             "dapi_tx_failures", "Transactions rejected at CheckTx or failed in a block", ["stage", "code"], registry=r
@@ -38,6 +44,10 @@ class Metrics:
 
     def batches_accepted_count(self, kind: str = "generated") -> int:
         return int(self.batches_accepted.labels(kind=kind)._value.get())
+
+    def batches_refused_count(self) -> int:
+        return int(sum(sample.value for metric in self.batches_refused.collect() for sample in metric.samples
+                       if sample.name.endswith("_total")))
 
     def outbox_depth_value(self) -> int:
         return int(self.outbox_depth._value.get())

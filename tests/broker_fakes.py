@@ -259,11 +259,11 @@ def make_broker(
 ) -> Broker:
     kwargs.setdefault("reconcile_interval", 0.05)
     kwargs.setdefault("retry_backoff_base", 0.01)
+    kwargs.setdefault("poc_callback_url", CALLBACK_URL)
     return Broker(
         chain=chain,
         participant_address=PARTICIPANT,
         participant_pubkey_hex=PUBKEY_HEX,
-        poc_callback_url=CALLBACK_URL,
         settings=settings,
         data_dir=data_dir,
         tx_sink=tx_sink,

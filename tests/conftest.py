@@ -2,7 +2,8 @@
 
 A module changes what a fixture builds by overriding the small option fixture it reads, not by copying
 the fixture: ``sim_options`` (simulated ML node server settings and the nodes to add), ``governance_models``
-(what the fake chain serves) and ``broker_tx_sink`` (where the broker's hardware diffs go).
+(what the fake chain serves), ``broker_tx_sink`` (where the broker's hardware diffs go) and
+``broker_options`` (more keyword arguments of ``make_broker``, e.g. the callback URL).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from broker_fakes import MODEL_A, FakeChain, ListTxSink, gov_model, make_broker
 from log_capture import LogLines, capture_logs
 
 from dapi.broker import Broker
+from dapi.chain.outbox import Outbox
 from dapi.devnet.mlnode import SimMLNodeServer
 from dapi.gen.inference.inference.model_pb2 import Model
 
@@ -54,11 +56,35 @@ def broker_tx_sink() -> ListTxSink | None:
 
 
 @pytest.fixture
-async def broker(chain: FakeChain, tmp_path: Path, broker_tx_sink: ListTxSink | None) -> AsyncIterator[Broker]:
+def broker_options() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+async def broker(chain: FakeChain, tmp_path: Path, broker_tx_sink: ListTxSink | None,
+                 broker_options: dict[str, Any]) -> AsyncIterator[Broker]:
     """A broker over ``chain``, not started: the tests run reconcile passes themselves."""
-    b = make_broker(chain, tmp_path, tx_sink=broker_tx_sink)
+    b = make_broker(chain, tmp_path, tx_sink=broker_tx_sink, **broker_options)
     yield b
     await b.stop()
+
+
+class _NeverSends:
+    async def broadcast(self, raw: bytes) -> Any:
+        raise AssertionError("the callback server must not broadcast")
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
+    """An outbox that accepts messages (it has a signer) but is never started, so nothing is broadcast."""
+
+    async def no_signer() -> Any:
+        raise AssertionError("not started")
+
+    box = Outbox(tmp_path / "outbox.sqlite", broadcaster=_NeverSends(), signer_factory=no_signer)  # type: ignore[arg-type]
+    await box.open()
+    yield box
+    await box.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ job timeout)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,7 @@ async def test_the_poc_block_hash_is_fetched_once_and_init_dto_is_as_specified(
     assert sorted(report.dispatched) == ["n1", "n3"]
     assert chain.calls["block_hash"] == 1
     await settle(broker)
+    secrets = set()
     for name, num in (("n1", 1), ("n3", 3)):
         (call,) = [c for c in sim.calls(name) if c.path == INIT_GENERATE]
         dto = call.json
@@ -190,9 +192,15 @@ async def test_the_poc_block_hash_is_fetched_once_and_init_dto_is_as_specified(
         assert dto["block_height"] == E1.poc_start_block_height
         assert dto["block_hash"] == block_hash(E1.poc_start_block_height) and dto["block_hash"].isupper()
         assert dto["public_key"] == PUBKEY_HEX.lower()
-        assert dto["url"] == CALLBACK_URL + "/v1/poc-batches"
+        # The node's own callback URL (DESIGN.md §4.5): a random secret per node, naming that node.
+        url = re.fullmatch(re.escape(CALLBACK_URL) + r"/n/([A-Za-z0-9_-]{32})/v1/poc-batches", dto["url"])
+        assert url is not None, dto["url"]
+        assert broker.callback_owner(url[1]) == name
+        secrets.add(url[1])
         assert (dto["batch_size"], dto["r_target"], dto["fraud_threshold"]) == (100, 1.4013564660458173, 1e-7)
         assert dto["params"]["dim"] == 1792 and dto["params"]["seq_len"] == 256
+    assert len(secrets) == 2
+    assert broker.poc_stage_hash(E1.poc_start_block_height) == block_hash(E1.poc_start_block_height)
     broker.init_validate()  # wrong phase: nothing
     await broker.reconcile_now()
     assert chain.calls["block_hash"] == 1

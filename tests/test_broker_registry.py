@@ -136,8 +136,13 @@ async def test_node_nums_survive_a_restart(chain: FakeChain, sim: SimMLNodeServe
     assert stored["nodes"] == {"n1": 1, "n2": 2, "n3": 3, "n4": 4, "n5": 5}
 
 
-async def test_a_corrupt_node_num_file_stops_the_start(chain: FakeChain, tmp_path: Path) -> None:
-    (tmp_path / FILE_NAME).write_text("{not json")
+@pytest.mark.parametrize("text", [
+    "{not json",
+    json.dumps({"nodes": {"n1": 1}, "secrets": {"n1": 7}}),
+    json.dumps({"nodes": {"n1": 1, "n2": 2}, "secrets": {"n1": "same", "n2": "same"}}),
+])
+async def test_a_corrupt_node_num_file_stops_the_start(chain: FakeChain, tmp_path: Path, text: str) -> None:
+    (tmp_path / FILE_NAME).write_text(text)
     broker = make_broker(chain, tmp_path)
     with pytest.raises(NodeNumStoreError, match=FILE_NAME):
         await broker.start()

@@ -283,6 +283,19 @@ def test_env_overrides_follow_the_reference_naming(tmp_path: Path) -> None:
     assert "signer_key" not in (config.model_extra or {})
 
 
+@pytest.mark.parametrize(("yaml_value", "env", "expected"), [
+    (None, {}, False),
+    ("true", {}, True),
+    (None, {"DAPI_API__ML_LEGACY_CALLBACKS": "true"}, True),
+    ("true", {"DAPI_API__ML_LEGACY_CALLBACKS": "false"}, False),
+])
+def test_shared_callback_routes_are_off_unless_turned_on(tmp_path: Path, yaml_value: str | None,
+                                                         env: dict[str, str], expected: bool) -> None:
+    api = f"api: {{ml_legacy_callbacks: {yaml_value}}}\n" if yaml_value else ""
+    path = write(tmp_path, api + "chain_node: {url: 'http://node:26657'}\n")
+    assert load_config(path, env=env).api.ml_legacy_callbacks is expected
+
+
 def test_node_config_path_is_merged(tmp_path: Path) -> None:
     nodes = tmp_path / "nodes.json"
     nodes.write_text(json.dumps([{"id": "n2", "host": "h", "inference_port": 1, "poc_port": 2}]))

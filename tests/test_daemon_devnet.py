@@ -6,13 +6,18 @@ PoC at 40, end of generation 46, validation 47-50, end of validation 51, set new
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
+from waiting import wait_for
 
 from dapi.chain.epochs import EpochContext, Phase
+from dapi.daemon import Daemon
+from dapi.devnet.daemon_config import DaemonPorts
 from dapi.poc.validation import sample_indices, sample_seed
 from dapi.testbed.session import DevnetSession
 
@@ -226,3 +231,75 @@ async def test_pricing_shows_the_price_the_chain_writes_when_the_epoch_becomes_e
         m["price_per_token"] == m["units_of_compute_per_token"] * 100 for m in pricing["models"]
     )
     assert epoch["latest_epoch"]["index"] == 1
+
+
+INIT_GENERATE = "/api/v1/pow/init/generate"
+
+
+def init_calls(s: DevnetSession, node: str) -> list[dict[str, Any]]:
+    return [c.json for c in s.devnet.mlnodes.calls(node) if c.path == INIT_GENERATE]
+
+
+async def test_own_nodes_post_on_their_own_urls_and_forged_batches_are_refused(session: DevnetSession) -> None:
+    s = session
+    ctx = context(s, 1)
+    own, peer = s.devnet.genesis.own, s.devnet.genesis.peers[0]
+    await daemon_at(s, ctx.start_of_poc_validation)
+    urls = {n.local_id: init_calls(s, n.local_id)[-1]["url"] for n in own.nodes}
+    assert all(re.fullmatch(re.escape(s.ml_url) + r"/n/[A-Za-z0-9_-]{32}/v1/poc-batches", u) for u in urls.values())
+    assert len(set(urls.values())) == len(urls)
+    block_hash = s.devnet.ledger.block(ctx.start_of_poc).hash  # type: ignore[union-attr]
+    forged = {"public_key": peer.hex_pub_key, "block_hash": block_hash, "block_height": ctx.start_of_poc,
+              "nonces": [1], "dist": [0.1], "node_id": 1, "received_dist": [0.9], "r_target": 1.4,
+              "fraud_threshold": 1e-7, "n_invalid": 1, "probability_honest": 0.0, "fraud_detected": True}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for route in ("/v1/poc-batches/validated", "/mlnode/v1/poc-batches/validated"):
+            response = await http.post(s.ml_url + route, json=forged)
+            assert response.status_code == 404 and "ml_legacy_callbacks" in response.json()["error"]
+        guessed = await http.post(f"{s.ml_url}/n/{'x' * 32}/v1/poc-batches/validated", json=forged)
+        assert guessed.status_code == 404 and "unknown callback URL" in guessed.json()["error"]
+    await s.devnet.wait_for_height(ctx.end_of_poc_validation + 1)
+    # Every own node's batches landed in its name; the forged verdict never reached the chain.
+    landed = s.devnet.ledger.batches(ctx.start_of_poc, participant=own.address)
+    assert {b.node_id for b in landed} == set(urls)
+    verdicts = [v for v in s.devnet.ledger.validations(ctx.start_of_poc, participant=peer.address)
+                if v.validator_participant_address == own.address]
+    assert verdicts and not any(v.fraud_detected for v in verdicts)
+    assert s.daemon.metrics.batches_refused_count() == 3
+
+
+async def test_a_node_generating_across_a_daemon_restart_is_still_heard() -> None:
+    """The daemon restarts in the middle of PoC generation (the chain paused meanwhile); the nodes never
+    stop mining, and the batches they post after the restart, on the URLs the old process gave them,
+    are accepted by the new one and land in their names."""
+    ports = DaemonPorts(free_port(), free_port(), free_port())
+    async with DevnetSession(participants=2, nodes_per_participant=2, block_time=BLOCK, ports=ports) as s:
+        ctx = context(s, 1)
+        own = [n.local_id for n in s.devnet.genesis.own.nodes]
+        await wait_for(lambda: all(s.devnet.mlnodes.node(n).generated_posted for n in own), timeout=30,
+                       what="every own node posted a batch")
+        s.devnet.pause_at(s.devnet.ledger.height + 1)
+        await wait_for(lambda: s.devnet.paused, what="the chain to pause", timeout=30)
+        assert s.devnet.ledger.height < ctx.poc_exchange_window.end - 2
+        urls = {n: init_calls(s, n)[-1]["url"] for n in own}
+        await s.daemon.stop()
+        before = {n: len(s.devnet.mlnodes.node(n).generated_posted) for n in own}
+        s.daemon = Daemon(s.daemon.config, s.daemon.identity)
+        await s.daemon.start()
+        # Heard by the new process on the old URLs, whatever it learnt of the chain yet.
+        await wait_for(lambda: all(len(s.devnet.mlnodes.node(n).generated_posted) > before[n] for n in own),
+                       timeout=30, what="batches accepted by the restarted daemon")
+        assert s.daemon.metrics.batches_refused_count() == 0
+        assert {n: init_calls(s, n)[-1]["url"] for n in own} == urls
+        s.devnet.resume_blocks()
+        await s.devnet.wait_for_height(ctx.poc_exchange_window.end + 1)
+        # Every batch posted after the restart landed, in the name of the node that posted it.
+        after = {n: list(s.devnet.mlnodes.node(n).generated_posted)[before[n]:] for n in own}
+        assert all(after.values())
+
+        def landed_all() -> bool:
+            on_chain = {(b.node_id, tuple(b.nonces))
+                        for b in s.devnet.ledger.batches(ctx.start_of_poc, participant=s.devnet.genesis.own.address)}
+            return all((n, tuple(p.nonces)) in on_chain for n in own for p in after[n])
+
+        await wait_for(landed_all, timeout=30, what="the batches posted after the restart on chain")

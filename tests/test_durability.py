@@ -78,10 +78,17 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
             await wait_for(lambda: devnet.paused, what="the chain to pause", timeout=30, ignore=(httpx.HTTPError,))
             assert devnet.ledger.height < ctx.poc_exchange_window.end - 3
             devnet.inject_checktx_fault(10**6, code=20)
+            # Posted as node1 posts its own: on the URL, with the key and the stage its InitDto gave it.
+            def inits() -> list[dict]:
+                return [c.json for c in devnet.mlnodes.calls("node1") if c.path == "/api/v1/pow/init/generate"]
+
+            await wait_for(inits, what="node1 started mining", timeout=30)
+            init = inits()[-1]
+            assert init["url"].startswith(ports.ml_api + "/n/") and init["block_height"] == ctx.start_of_poc
             for i in range(BATCHES):
-                body = {"public_key": "02" + "ab" * 32, "block_hash": "AB", "block_height": ctx.start_of_poc,
-                        "nonces": [MARK + i], "dist": [0.5], "node_id": 1}
-                response = await http.post(ports.ml_api + "/v1/poc-batches/generated", json=body)
+                body = {"public_key": init["public_key"], "block_hash": init["block_hash"],
+                        "block_height": ctx.start_of_poc, "nonces": [MARK + i], "dist": [0.5], "node_id": 1}
+                response = await http.post(init["url"] + "/generated", json=body)
                 assert response.status_code == 200, response.text
             daemon.send_signal(signal.SIGKILL)
             daemon.wait(timeout=10)

@@ -36,6 +36,7 @@ def test_devnet_runs_three_healthy_epochs_with_the_real_daemon() -> None:
     # Every accepted batch landed, each with its ML node's id; /v1/models was the snapshots every epoch.
     batches = summary["batches"]
     assert batches["accepted"] > 0 and batches["landed"] == batches["accepted"] and batches["without_node_id"] == 0
+    assert batches["refused"] == 0  # each node posted on its own URL, with its stage and the participant's key
     assert [m["equal"] for m in summary["models"]] == [True, True, True]
     assert summary["outbox"]["dead"] == 0
 

@@ -42,7 +42,13 @@ async def no_batches(height: int) -> list[PoCBatchesWithParticipants]:
 
 
 class Nodes:
+    def node_id_by_secret(self, secret: str) -> str | None:
+        return None
+
     def node_id_by_num(self, node_num: int) -> str | None:
+        return None
+
+    def poc_stage_hash(self, height: int) -> str | None:
         return None
 
 
@@ -55,7 +61,7 @@ async def apps(tmp_path: Path) -> AsyncIterator[dict[str, FastAPI]]:
     yield {
         "public": create_public_app(cache=Cache(), chain=ChainView(), status=lambda: {"uptime_seconds": 1},
                                     poc_batches=no_batches),
-        "ml": create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address="gonka1x"),
+        "ml": create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address="gonka1x", participant_pubkey_hex="02ab"),
         "admin": create_admin_app(broker=broker, store=NodeStore(tmp_path / "nodes.json"), outbox=outbox),
     }
     await outbox.stop()

@@ -1,15 +1,19 @@
-"""ML node callbacks: the real ML node's payloads accepted verbatim, strict checks, durable queueing."""
+"""ML node callbacks: the real ML node's payloads accepted verbatim, strict checks, durable queueing.
+
+The body rules are the same on a node's own URL and on the shared routes; the shared ones are turned on
+here (``legacy_callbacks``), and tests/test_callback_urls.py covers what each route accepts and from whom.
+"""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from outbox_rows import stored
 
 from dapi.chain.keys import address_from_public_key
 from dapi.chain.outbox import Outbox
@@ -31,49 +35,38 @@ REAL_VALIDATED = ('{"public_key": "035b3d1462dc1577673d973161b7168dc173233399090
 # The testermint mock ML node (reference/http.md §6.3) sends no node_id and an extra received_dist.
 MOCK_GENERATED = {"public_key": "02ab", "block_hash": "H", "block_height": 10, "nonces": [1, 2], "dist": [0.1, 0.2],
                   "received_dist": [0.1, 0.2]}
+# The observed payloads as the own node1 would post them: the participant's key is the observation's
+# placeholder, and the PoC stage its height and hash.
+OWN_KEY = "02ab"
+NODE1_URL = "/n/secret-of-node1/v1"
+ROUTES = ["/v1", NODE1_URL]
 
 
 class Nodes:
+    def node_id_by_secret(self, secret: str) -> str | None:
+        return {"secret-of-node1": "node1", "secret-of-node2": "node2"}.get(secret)
+
     def node_id_by_num(self, node_num: int) -> str | None:
         return {1: "node1", 2: "node2"}.get(node_num)
 
-
-class NeverSends:
-    async def broadcast(self, raw: bytes) -> Any:
-        raise AssertionError("the callback server must not broadcast")
-
-
-@pytest.fixture
-async def outbox(tmp_path: Path) -> AsyncIterator[Outbox]:
-    async def no_signer() -> Any:
-        raise AssertionError("not started")
-
-    box = Outbox(tmp_path / "outbox.sqlite", broadcaster=NeverSends(), signer_factory=no_signer)  # type: ignore[arg-type]
-    await box.open()
-    yield box
-    await box.stop()
-
-
-def stored(path: Path) -> list[Any]:
-    with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT type_url, body FROM messages ORDER BY id").fetchall()
-    classes: dict[str, type[MsgSubmitPocBatch] | type[MsgSubmitPocValidation]] = {
-        "/inference.inference.MsgSubmitPocBatch": MsgSubmitPocBatch,
-        "/inference.inference.MsgSubmitPocValidation": MsgSubmitPocValidation}
-    return [classes[url].FromString(body) for url, body in rows]
+    def poc_stage_hash(self, height: int) -> str | None:
+        return {10: "H"}.get(height)
 
 
 @pytest.fixture
 async def client(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, metrics=Metrics(), body_limit=4096)
+    app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, participant_pubkey_hex=OWN_KEY,
+                            legacy_callbacks=True, metrics=Metrics(), body_limit=4096)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as c:
         yield c
 
 
-async def test_real_ml_node_payloads_are_accepted_verbatim(client: httpx.AsyncClient, outbox: Outbox) -> None:
+@pytest.mark.parametrize("route", ROUTES)
+async def test_real_ml_node_payloads_are_accepted_verbatim(client: httpx.AsyncClient, outbox: Outbox,
+                                                           route: str) -> None:
     headers = {"content-type": "application/json"}
-    r1 = await client.post("/v1/poc-batches/generated", content=REAL_GENERATED, headers=headers)
-    r2 = await client.post("/v1/poc-batches/validated", content=REAL_VALIDATED, headers=headers)
+    r1 = await client.post(f"{route}/poc-batches/generated", content=REAL_GENERATED, headers=headers)
+    r2 = await client.post(f"{route}/poc-batches/validated", content=REAL_VALIDATED, headers=headers)
     assert (r1.status_code, r1.content, r2.status_code, r2.content) == (200, b"", 200, b"")
     batch, validation = stored(outbox.path)
     assert isinstance(batch, MsgSubmitPocBatch)
@@ -107,6 +100,7 @@ async def test_every_batch_gets_its_own_batch_id(client: httpx.AsyncClient, outb
     assert len({b.batch_id for b in stored(outbox.path)}) == 3
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -124,9 +118,9 @@ async def test_every_batch_gets_its_own_batch_id(client: httpx.AsyncClient, outb
     ],
 )
 async def test_bad_batches_get_400_naming_the_field(client: httpx.AsyncClient, outbox: Outbox,
-                                                    change: dict[str, Any], field: str) -> None:
+                                                    change: dict[str, Any], field: str, route: str) -> None:
     body = {**json.loads(REAL_GENERATED), **change}
-    response = await client.post("/v1/poc-batches/generated", json=body)
+    response = await client.post(f"{route}/poc-batches/generated", json=body)
     assert response.status_code == 400
     assert response.json()["error"].startswith(field)
     assert stored(outbox.path) == []
@@ -138,14 +132,16 @@ async def test_non_finite_distance_is_rejected(client: httpx.AsyncClient) -> Non
     assert response.status_code == 400 and response.json()["error"].startswith("dist[1]")
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     ("change", "field"),
     [({"received_dist": [0.1]}, "received_dist"), ({"fraud_detected": "no"}, "fraud_detected"),
      ({"n_invalid": -1}, "n_invalid"), ({"r_target": None}, "r_target")],
 )
-async def test_bad_validated_batches_get_400(client: httpx.AsyncClient, change: dict[str, Any], field: str) -> None:
+async def test_bad_validated_batches_get_400(client: httpx.AsyncClient, change: dict[str, Any], field: str,
+                                            route: str) -> None:
     body = {**json.loads(REAL_VALIDATED), **change}
-    response = await client.post("/v1/poc-batches/validated", json=body)
+    response = await client.post(f"{route}/poc-batches/validated", json=body)
     assert response.status_code == 400 and response.json()["error"].startswith(field)
 
 
@@ -171,17 +167,19 @@ async def test_malformed_and_oversized_bodies(client: httpx.AsyncClient) -> None
 async def test_without_a_signer_batches_are_refused_not_swallowed(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite", broadcaster=None, signer_factory=None)
     await box.open()
-    app = create_mlnode_app(nodes=Nodes(), outbox=box, account_address=ACCOUNT)
+    app = create_mlnode_app(nodes=Nodes(), outbox=box, account_address=ACCOUNT, participant_pubkey_hex=OWN_KEY,
+                            legacy_callbacks=True)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as c:
-        response = await c.post("/v1/poc-batches/generated", content=REAL_GENERATED)
+        responses = [await c.post(f"{route}/poc-batches/generated", content=REAL_GENERATED) for route in ROUTES]
     await box.stop()
-    assert response.status_code == 503 and "signer" in response.json()["error"]
+    assert all(r.status_code == 503 and "signer" in r.json()["error"] for r in responses)
 
 
 @pytest.fixture
 async def served(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:
     """The callback app behind a real server on loopback, with the daemon's default body limit."""
-    server = await start_server(create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT))
+    server = await start_server(create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT,
+                                                  participant_pubkey_hex=OWN_KEY, legacy_callbacks=True))
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
             yield c
@@ -200,6 +198,7 @@ HUGE_INT = "1" + "0" * 400  # a valid JSON number beyond the float range
 DEEP = 100_000
 
 
+@pytest.mark.parametrize("prefix", ROUTES)
 @pytest.mark.parametrize(
     ("route", "body", "field"),
     [
@@ -222,14 +221,15 @@ DEEP = 100_000
     ],
 )
 async def test_hostile_numbers_and_nesting_are_400_not_500(served: httpx.AsyncClient, outbox: Outbox, route: str,
-                                                           body: str, field: str) -> None:
-    response = await served.post(f"/v1/poc-batches/{route}", content=body)
+                                                           body: str, field: str, prefix: str) -> None:
+    response = await served.post(f"{prefix}/poc-batches/{route}", content=body)
     assert response.status_code == 400, response.text[:300]
     assert response.json()["error"].startswith(field)
     assert len(response.json()["error"]) < 300
     assert stored(outbox.path) == []
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     ("key", "problem"),
     [
@@ -241,13 +241,14 @@ async def test_hostile_numbers_and_nesting_are_400_not_500(served: httpx.AsyncCl
     ],
 )
 async def test_validated_batch_names_its_prover_by_a_compressed_key(served: httpx.AsyncClient, outbox: Outbox,
-                                                                     key: str, problem: str) -> None:
-    response = await served.post("/v1/poc-batches/validated", json={**json.loads(REAL_VALIDATED), "public_key": key})
+                                                                     key: str, problem: str, route: str) -> None:
+    response = await served.post(f"{route}/poc-batches/validated",
+                                 json={**json.loads(REAL_VALIDATED), "public_key": key})
     assert response.status_code == 400
     error = response.json()["error"]
     assert error.startswith("public_key: ") and problem in error
     assert stored(outbox.path) == []
-    upper = await served.post("/v1/poc-batches/validated",
+    upper = await served.post(f"{route}/poc-batches/validated",
                               json={**json.loads(REAL_VALIDATED), "public_key": PROVER_KEY.upper()})
     assert upper.status_code == 200
 

@@ -34,6 +34,7 @@ from dapi.broker.errors import (
 from dapi.broker.hardware_sync import HardwareSync
 from dapi.broker.jobs import NodeJob, NodeResult
 from dapi.broker.nodenums import NodeNumbers
+from dapi.broker.pocstages import PocStages
 from dapi.broker.poller import StatusPoller
 from dapi.broker.reconciler import PassReport, Reconciler, desired_choice
 from dapi.broker.registry import NodeEntry, NodeRegistry
@@ -103,9 +104,10 @@ class Broker:
         participant_address: the participant's account address; only its entries in an epoch's validation
             weights count, and its hardware record is the one kept in sync.
         participant_pubkey_hex: the participant's public key in hex, sent to ML nodes as ``InitDto.public_key``.
-        poc_callback_url: the base URL of the ML callback server, given to ML nodes to post their PoC batches to.
+        poc_callback_url: the base URL of the ML callback server; each ML node is given its own URL below it
+            to post its PoC batches to.
         settings: the ``broker`` config section (status-poll and hardware-sync intervals, job deadline, retry cap).
-        data_dir: the folder where NodeNum assignments persist across restarts.
+        data_dir: the folder where NodeNum assignments, callback secrets and PoC stages persist across restarts.
         tx_sink: where hardware diffs go (the outbox); None runs read-only and sends none.
         reconcile_interval: seconds between reconcile passes when nothing triggers one.
         retry_backoff_base: seconds before the first retry of a node whose job failed; the delay doubles per
@@ -135,6 +137,7 @@ class Broker:
         self._timeouts = mlnode_timeouts
         self._registry = NodeRegistry()
         self._nodenums = NodeNumbers(data_dir)
+        self._stages = PocStages(data_dir)
         self._epoch_state: EpochState | None = None
         self._cache = EpochCache()
         self._epoch_sync = EpochDataSync(chain, participant_address, self._cache)
@@ -145,6 +148,7 @@ class Broker:
             governance=lambda: self._cache.governance_by_id,
             participant_pubkey_hex=participant_pubkey_hex,
             poc_callback_url=poc_callback_url,
+            stages=self._stages,
             interval=reconcile_interval,
             backoff_base=min(retry_backoff_base, settings.retry_backoff_max),
             backoff_max=settings.retry_backoff_max,
@@ -168,11 +172,12 @@ class Broker:
     # --- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load persisted NodeNums and start the reconciler, the status poller and the hardware sync."""
+        """Load persisted NodeNums and PoC stages, start the reconciler, the status poller and the hardware sync."""
         if self._started:
             return
         self._started = True
         await self._nodenums.ensure_loaded()
+        await self._stages.ensure_loaded()
         if not self._cache.governance_models():
             try:
                 await self._epoch_sync.refresh_governance()
@@ -253,11 +258,14 @@ class Broker:
                 results[i] = self._add_node(config)
             except InvalidNodeConfig as exc:
                 results[i] = exc
+        await self._save_nodenums("NodeNums and callback secrets")
+
+    async def _save_nodenums(self, what: str) -> None:
         try:
             await self._nodenums.save()
         except OSError as exc:
-            # The nodes work; only their numbers may differ after a restart. Say so loudly.
-            log.error("NodeNums not persisted", path=str(self._nodenums.path), error=str(exc))
+            # What is in memory holds until a restart, which would not know it. Say so loudly.
+            log.error(f"{what} not persisted", path=str(self._nodenums.path), error=str(exc))
 
     def _add_node(self, config: NodeConfig) -> Node:
         config = config.model_copy(deep=True)
@@ -273,7 +281,8 @@ class Broker:
             )
         except ValueError as exc:
             raise InvalidNodeConfig(config.id, str(exc)) from exc
-        node = Node(config, self._nodenums.assign(config.id))
+        node_num, secret = self._nodenums.assign(config.id)
+        node = Node(config, node_num)
         latest = self._epoch_state.latest_epoch_index if self._epoch_state else 0
         state = NodeState(admin_state=AdminState(enabled=True, epoch=latest))
         data = self._epoch_sync.node_data(config.id)
@@ -281,17 +290,19 @@ class Broker:
             state.epoch_models = dict(data.models)
             state.epoch_ml_nodes = dict(data.ml_nodes)
         worker = NodeWorker(config.id, client, self._on_job_result, job_timeout=self._settings.job_timeout)
-        self._registry.add(NodeEntry(node, state, client, worker))
+        self._registry.add(NodeEntry(node, state, client, worker, callback_secret=secret))
         worker.start()
         self._poller.trigger()
         log.info("node registered", node_id=config.id, node_num=node.node_num, poc_url=client.poc_url)
         return node
 
     async def remove(self, node_id: str) -> bool:
-        """Unregister a node; its queued and running jobs are cancelled in the background."""
+        """Unregister a node (its callback URL stops working); its jobs are cancelled in the background."""
         entry = self._registry.pop(node_id)
         if entry is None:
             return False
+        self._nodenums.revoke_secret(node_id)
+        await self._save_nodenums("revoked callback secret")
         task = entry.worker.close()
         if task is not None and not task.done():
             self._retiring.add(task)
@@ -321,6 +332,26 @@ class Broker:
     def node_by_num(self, node_num: int) -> Node | None:
         entry = self._registry.by_num(node_num)
         return entry.node if entry else None
+
+    def callback_owner(self, secret: str) -> str | None:
+        """The id of the node whose own callback URL carries ``secret`` (None: unknown, removed or dropped).
+
+        Until :meth:`forget_unregistered_secrets`, a node known from ``data_dir`` counts before it is
+        registered again: a node generating across a restart is heard while the daemon waits for the chain.
+        """
+        node_id = self._nodenums.owner_of(secret)
+        return node_id if node_id in self._registry or not self._nodenums.pruned else None
+
+    async def forget_unregistered_secrets(self) -> list[str]:
+        """Once the configured nodes are registered, revoke the URLs of ids that are not (dropped or rejected)."""
+        await self._nodenums.ensure_loaded()
+        dropped = self._nodenums.revoke_all_but({e.node.id for e in self._registry} | self._reserved_ids)
+        await self._save_nodenums("revoked callback secrets")
+        return dropped
+
+    def poc_stage_hash(self, height: int) -> str | None:
+        """The start block hash of the PoC stage at ``height``, if the ML nodes were initialised for it."""
+        return self._stages.hash_of(height)
 
     # --- epoch -----------------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ Fixes over the reference: a result counts only if it comes from the job the node
 (job ids, not targets, so an A→B→A flip cannot resurrect a cancelled job's result); a node whose job was
 cancelled part-way is marked UNKNOWN because nobody knows what the ML node is doing then; a failing node
 is retried with capped exponential backoff (fix 7) instead of at every trigger; InitDto's node_count is
-the highest registered NodeNum + 1 (DESIGN.md §4.5).
+the highest registered NodeNum + 1 and its url is the node's own callback URL (DESIGN.md §4.5). Every PoC
+stage an InitDto names is recorded first, so the callback server can tell its batches from forged ones.
 """
 
 from __future__ import annotations
@@ -22,26 +23,19 @@ from dataclasses import dataclass, field
 
 from dapi.broker.chain_reader import ChainReader
 from dapi.broker.jobs import InferenceUpJob, InitValidateJob, NodeJob, NodeResult, StartPocJob, StopJob
+from dapi.broker.pocstages import PocStage, PocStages
 from dapi.broker.registry import NodeEntry, NodeRegistry
 from dapi.broker.rules import ModelChoice, choose_inference_model, needs_reconcile
 from dapi.broker.state import EpochState, NodeStatus, PocStatus, ReconcileInfo
 from dapi.chain.errors import ChainError
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.logs import get_logger
-from dapi.mlnodeclient import build_init_dto
+from dapi.mlnodeclient import build_init_dto, node_callback_url
 from dapi.runtime.backoff import capped_delay
 
 __all__ = ["PassReport", "PocStage", "Reconciler", "desired_choice"]
 
 log = get_logger("dapi.broker.reconciler")
-
-
-@dataclass(frozen=True, slots=True)
-class PocStage:
-    """The PoC stage ML nodes are initialised for: its start height and that block's hash (uppercase hex)."""
-
-    height: int
-    block_hash: str
 
 
 @dataclass(slots=True)
@@ -71,7 +65,8 @@ class Reconciler:
         epoch_state: returns the broker's epoch state; no pass runs until it is known and synced.
         governance: returns the governance models by id, for choosing the model InferenceUp loads.
         participant_pubkey_hex: the participant's public key in hex, sent as ``InitDto.public_key``.
-        poc_callback_url: the base URL of the ML callback server, sent in ``InitDto.url``.
+        poc_callback_url: the base URL of the ML callback server; ``InitDto.url`` is the node's own URL below it.
+        stages: where the PoC stages sent in InitDtos are recorded.
         interval: seconds between passes when nothing triggers one.
         backoff_base: seconds before the first retry of a node whose job failed; doubles per further failure.
         backoff_max: the cap on that retry delay, in seconds.
@@ -87,6 +82,7 @@ class Reconciler:
         governance: Callable[[], Mapping[str, Model]],
         participant_pubkey_hex: str,
         poc_callback_url: str,
+        stages: PocStages,
         interval: float,
         backoff_base: float,
         backoff_max: float,
@@ -98,6 +94,7 @@ class Reconciler:
         self._governance = governance
         self._pubkey = participant_pubkey_hex
         self._callback_url = poc_callback_url
+        self._stages = stages
         self._interval = interval
         self._backoff_base = backoff_base
         self._backoff_max = backoff_max
@@ -162,6 +159,8 @@ class Reconciler:
             except ChainError as exc:
                 report.poc_params_error = str(exc)
                 log.warning("PoC start block hash not available; PoC jobs wait", error=str(exc))
+            if poc is not None:
+                await self._stages.record(poc)  # before any InitDto names it: its batches may come back at once
             latest = self._epoch_state()
             if poc is not None and (latest is None or latest.poc_start_block_height != poc.height):
                 poc = None  # a new epoch started while we waited; the next pass uses its height
@@ -260,7 +259,7 @@ class Reconciler:
                 public_key=self._pubkey,
                 node_num=entry.node.node_num,
                 node_count=node_count,
-                callback_url=self._callback_url,
+                callback_url=node_callback_url(self._callback_url, entry.callback_secret),
             )
             if st.poc_intended_status is PocStatus.GENERATING:
                 return StartPocJob(job_id, dto, assume_stopped=st.current_status is NodeStatus.STOPPED)

@@ -20,6 +20,8 @@ class NodeEntry:
     state: NodeState
     client: MLNodeClient
     worker: NodeWorker
+    # The secret in the node's own callback URL (DESIGN.md §4.5); never shown in the node's JSON.
+    callback_secret: str = field(repr=False)
     # Consecutive failed jobs and when the next attempt may start (monotonic clock), for the backoff.
     failures: int = 0
     retry_at: float = 0.0

@@ -22,6 +22,7 @@ from dapi.mlnodeclient.models import (
     DEFAULT_FRAUD_THRESHOLD,
     DEFAULT_R_TARGET,
     MAINNET_PARAMS,
+    NODE_CALLBACK_PREFIX,
     InferenceUpRequest,
     InitDto,
     MLNodeState,
@@ -33,6 +34,7 @@ from dapi.mlnodeclient.models import (
     ValidatedBatch,
     build_init_dto,
     node_base_url,
+    node_callback_url,
     poc_batches_url,
 )
 
@@ -42,6 +44,7 @@ __all__ = [
     "DEFAULT_R_TARGET",
     "DEFAULT_TIMEOUTS",
     "MAINNET_PARAMS",
+    "NODE_CALLBACK_PREFIX",
     "CallInFlight",
     "InferenceUpRequest",
     "InitDto",
@@ -65,5 +68,6 @@ __all__ = [
     "create_http_client",
     "default_ssl_context",
     "node_base_url",
+    "node_callback_url",
     "poc_batches_url",
 ]

@@ -101,6 +101,7 @@ DEFAULT_BATCH_SIZE = 100
 DEFAULT_R_TARGET = 1.4013564660458173
 DEFAULT_FRAUD_THRESHOLD = 1e-7
 POC_BATCHES_PATH = "/v1/poc-batches"
+NODE_CALLBACK_PREFIX = "/n"  # <poc_callback_url>/n/<node secret>/v1/poc-batches: one node's own callback URL
 
 
 class InitDto(BaseModel):
@@ -176,8 +177,9 @@ def build_init_dto(
 ) -> InitDto:
     """InitDto as the reference's BuildInitDto, with DESIGN.md §4.5's node_count.
 
-    `callback_url` is `api.poc_callback_url`; the ML node appends `/generated` or `/validated` to the
-    `url` we send, which is why it gets the `/v1/poc-batches` suffix (the legacy path real nodes use).
+    `callback_url` is the node's own callback base (`node_callback_url`, DESIGN.md §4.5) or, in the
+    reference's way, `api.poc_callback_url`; the ML node appends `/generated` or `/validated` to the
+    `url` we send, which is why it gets the `/v1/poc-batches` suffix (the path real nodes expect).
     `block_hash` is passed through untouched (the chain's uppercase hex); `public_key` is lowercased
     because the callback server decodes it back into the prover's address and the contract is lowercase.
     """
@@ -205,8 +207,15 @@ def build_init_dto(
 
 
 def poc_batches_url(poc_callback_url: str) -> str:
-    """`<api.poc_callback_url>/v1/poc-batches`, the `url` every InitDto carries."""
+    """`<callback base>/v1/poc-batches`, the `url` an InitDto carries."""
     return poc_callback_url.rstrip("/") + POC_BATCHES_PATH
+
+
+def node_callback_url(poc_callback_url: str, secret: str) -> str:
+    """`<api.poc_callback_url>/n/<secret>`: one node's callback base; only its batches are posted there."""
+    if not secret:
+        raise ValueError("a node's callback URL needs its secret")
+    return f"{poc_callback_url.rstrip('/')}{NODE_CALLBACK_PREFIX}/{secret}"
 
 
 def node_base_url(host: str, port: int, segment: str = "") -> str:

@@ -1,4 +1,4 @@
-"""Small persisted JSON documents in ``data_dir``: atomic replace, written off the event loop."""
+"""Small persisted JSON documents in ``data_dir``: atomic replace, written off the event loop, private (0600)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dapi.runtime.files import private_dir
+from dapi.runtime.files import PRIVATE_FILE, private_dir
 
 
 def write_json_atomic(path: Path, document: Any, *, indent: int = 2) -> None:
-    """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
+    """Write to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder.
+
+    The file is 0600 whatever the umask: these documents hold node secrets, seeds and the like.
+    """
     private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, PRIVATE_FILE)
         with os.fdopen(fd, "w") as handle:
             json.dump(document, handle, indent=indent, sort_keys=True)
             handle.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -73,6 +74,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+_NODE_SECRET = re.compile(r"^/n/[^/]*")
+
+
+def logged_path(path: str) -> str:
+    """The request path for a log line, without an ML node's callback secret (``/n/<secret>/...``)."""
+    return _NODE_SECRET.sub("/n/<secret>", path)
+
+
 def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] | None = None) -> None:
     async def api_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -88,11 +97,11 @@ def install_error_handlers(app: FastAPI, domain: Mapping[type[Exception], int] |
 
     async def gone(request: Request, exc: Exception) -> Response:
         # The client closed (or was closed for being too slow) before its body arrived: nobody to answer.
-        log.info("client disconnected before its request arrived", path=request.url.path)
+        log.info("client disconnected before its request arrived", path=logged_path(request.url.path))
         return error_response(400, "client disconnected before the request body arrived")
 
     async def crashed(request: Request, exc: Exception) -> Response:
-        log.exception("request failed", path=request.url.path, exc_info=exc)
+        log.exception("request failed", path=logged_path(request.url.path), exc_info=exc)
         return error_response(500, "internal error")
 
     app.add_exception_handler(ApiError, api_error)

@@ -3,7 +3,8 @@
 * every epoch was formed;
 * in every PoC, each own ML node followed its allocation: POC_SLOT nodes kept serving inference and got
   no ``init/generate``, the others mined;
-* every PoC batch the daemon accepted landed on chain, with the ML node's id;
+* every PoC batch the daemon accepted landed on chain, with the ML node's id, and none was refused (on
+  the devnet only the own ML nodes post, each on the URL its InitDto gave it);
 * ``/v1/models`` equals the effective epoch's model snapshots at every epoch.
 """
 
@@ -160,6 +161,7 @@ class HealthWatch:
     async def verdict(self) -> dict[str, Any]:
         daemon = self.session.daemon
         accepted = daemon.metrics.batches_accepted_count()
+        refused = daemon.metrics.batches_refused_count()
         assert daemon.outbox is not None
         counts = await daemon.outbox.counts()
         dead = await daemon.outbox.dead_letters()
@@ -167,6 +169,8 @@ class HealthWatch:
         problems = list(self.problems)
         if landed != accepted:
             problems.append(f"{accepted} batches accepted but {landed} on chain")
+        if refused:
+            problems.append(f"{refused} PoC batches refused by the callback server (see its log)")
         if self.own_batches_without_node:
             problems.append(f"{self.own_batches_without_node} own batches on chain without their ML node id")
         if dead:
@@ -178,6 +182,7 @@ class HealthWatch:
             "epochs_formed": self.formed,
             "poc": [c.as_json() for c in self.poc],
             "models": [c.as_json() for c in self.models],
-            "batches": {"accepted": accepted, "landed": landed, "without_node_id": self.own_batches_without_node},
+            "batches": {"accepted": accepted, "landed": landed, "refused": refused,
+                        "without_node_id": self.own_batches_without_node},
             "outbox": counts,
         }

@@ -69,8 +69,9 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
                       st.poc_current_status.value, model, pre, poc, st.failure_reason[:40])
     parts.append(nodes)
 
-    accepted = daemon.metrics.batches_accepted_count()
-    parts.append(Text(f"PoC batches accepted {accepted}   txs landed {outbox_counts.get('landed', 0)}   "
+    accepted, refused = daemon.metrics.batches_accepted_count(), daemon.metrics.batches_refused_count()
+    parts.append(Text(f"PoC batches accepted {accepted}   refused {refused}   "
+                      f"txs landed {outbox_counts.get('landed', 0)}   "
                       f"pending {outbox_counts.get('pending', 0) + outbox_counts.get('sent', 0)}   "
                       f"dead-lettered {outbox_counts.get('dead', 0)}"))
     urls = Table.grid(padding=(0, 2))

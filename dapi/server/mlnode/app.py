@@ -1,4 +1,11 @@
-"""ML node callbacks: PoC batches in, chain messages durably queued out (reference/http.md §2).
+"""ML node callbacks: PoC batches in, chain messages durably queued out (reference/http.md §2, DESIGN.md §4.5).
+
+Each ML node posts to its own URL, ``/n/<node secret>/v1/poc-batches/generated|validated``, given to it
+in its InitDto. A batch there is the node's whatever ``node_id`` it claims, and must name this
+participant's key (generated batches) and a PoC stage the node was started for. Anyone else who can
+reach the port gets nothing signed: an unknown secret is 404 before the body is read. The reference's
+shared routes (``/v1/poc-batches/...``, ``/mlnode/v1/...``), which trust the claimed node number and
+check nothing, answer only when ``api.ml_legacy_callbacks`` is on.
 
 A batch is answered 200 only once its message is committed to the outbox, so an answered batch is
 never lost. The body is checked strictly and fast (a 100,000-nonce batch is a few MB of JSON): each
@@ -10,27 +17,52 @@ from __future__ import annotations
 import math
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from google.protobuf.message import Message
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from dapi.broker import Broker
 from dapi.chain.keys import address_from_key_bytes, public_key_from_hex
 from dapi.chain.outbox import OutboxClosed, TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
+from dapi.mlnodeclient.models import NODE_CALLBACK_PREFIX, POC_BATCHES_PATH
 from dapi.server.common import ApiError, BodyLimit, HeadAsGet, error_responses, install_error_handlers, read_json_body
 
 log = get_logger(__name__)
 
 
 class NodeLookup(Protocol):
-    """Node number → node id, for tagging a batch with the ML node that made it."""
+    """What the callback server asks the broker: which node a callback secret (or, on the shared routes, a
+    node number) names, and the start block hash of each PoC stage the nodes were started for."""
+
+    def node_id_by_secret(self, secret: str) -> str | None: ...
 
     def node_id_by_num(self, node_num: int) -> str | None: ...
+
+    def poc_stage_hash(self, height: int) -> str | None: ...
+
+
+class BrokerNodes:
+    """The broker as the callback server sees it (a :class:`NodeLookup`): ids of nodes, hashes of PoC stages."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    def node_id_by_secret(self, secret: str) -> str | None:
+        return self.broker.callback_owner(secret)
+
+    def node_id_by_num(self, node_num: int) -> str | None:
+        node = self.broker.node_by_num(node_num)
+        return node.id if node else None
+
+    def poc_stage_hash(self, height: int) -> str | None:
+        return self.broker.poc_stage_hash(height)
 
 
 class BatchSink(TxSink, Protocol):
@@ -41,6 +73,8 @@ class BatchSink(TxSink, Protocol):
 
 
 INT64_MAX = 2**63 - 1
+Handler = Callable[..., Awaitable[Response]]
+SECRET = Path(description="The secret in the node's own callback URL (from its InitDto)")
 NonNegative = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Distance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -48,15 +82,17 @@ Distance = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 class ProofBatchBody(BaseModel):
     """A generated batch as the ML node sends it (documentation of the body; parsing is done by hand).
 
-    Beyond what the schema can say: ``nonces`` and ``dist`` have the same length.
+    Beyond what the schema can say: ``nonces`` and ``dist`` have the same length; on a node's own URL,
+    ``public_key``, ``block_height`` and ``block_hash`` are those of the node's InitDto.
     """
 
     public_key: str = Field(pattern="^([0-9a-fA-F]{2})+$", description="Hex of the participant's public key")
-    block_hash: str
+    block_hash: str = Field(description="Hash of the PoC stage's start block (hex, any case)")
     block_height: int = Field(ge=1, le=2**63 - 1, description="PoC stage start height")
     nonces: list[NonNegative] = Field(min_length=1, description="Non-negative nonces, same length as dist")
     dist: list[Distance] = Field(min_length=1, description="Finite distances >= 0, same length as nonces")
-    node_id: NonNegative = Field(0, description="The node number the API node gave this ML node (0 = unknown)")
+    node_id: NonNegative = Field(0, description="The node number the API node gave this ML node (0 = unknown); "
+                                                "on a node's own URL it is not trusted, the URL names the node")
 
 
 class ValidatedBatchBody(ProofBatchBody):
@@ -177,12 +213,59 @@ def _common(body: Any) -> tuple[str, int, list[int], list[float]]:
     return key, height, nonces, dist
 
 
+LEGACY_OFF = ("the shared callback routes are off: each ML node posts its batches to its own URL, given to it at "
+              "PoC init (<api.poc_callback_url>/n/<node secret>/v1/poc-batches); set api.ml_legacy_callbacks: true "
+              "(DAPI_API__ML_LEGACY_CALLBACKS=true) to turn them on")
+UNKNOWN_URL = "unknown callback URL: no ML node of this API node was given it (a removed node's URL stops working)"
+
+
+def _validation_msg(body: Any, account_address: str) -> MsgSubmitPocValidation:
+    key, height, nonces, _ = _common(body)
+    prover = _prover_key(key)
+    received = _distances(body, "received_dist")
+    if len(received) != len(nonces):
+        raise ApiError(400, f"received_dist: length {len(received)} differs from nonces length {len(nonces)}")
+    n_invalid = _field(body, "n_invalid", int)
+    if not 0 <= n_invalid <= INT64_MAX:
+        raise ApiError(400, f"n_invalid: must be a non-negative 64-bit integer (got {_shown(n_invalid)})")
+    return MsgSubmitPocValidation(
+        creator=account_address,
+        participant_address=address_from_key_bytes(prover),
+        poc_stage_start_block_height=height,
+        # The arrays are left empty on purpose, as the reference does: the chain reads only the verdict.
+        r_target=_number(body, "r_target"),
+        fraud_threshold=_number(body, "fraud_threshold"),
+        n_invalid=n_invalid,
+        probability_honest=_number(body, "probability_honest"),
+        fraud_detected=_field(body, "fraud_detected", bool),
+    )
+
+
+def _stage_problem(nodes: NodeLookup, body: dict[str, Any], height: int) -> str | None:
+    """Why the batch does not name a PoC stage our nodes were started for (its start height and that block's
+    hash), or None when it does.
+
+    Only stages never sent to our nodes are refused; whether a batch of a recent stage is late is the
+    chain's decision (its exchange window), not ours.
+    """
+    expected = nodes.poc_stage_hash(height)
+    if expected is None:
+        return f"block_height: {height} is not the start of a PoC stage this API node started its ML nodes for"
+    given: str = body["block_hash"]
+    if given.upper() != expected.upper():
+        return f"block_hash: not the hash of block {height}, where that PoC stage started (got {_shown(given)})"
+    return None
+
+
 def create_mlnode_app(
-    *, nodes: NodeLookup, outbox: BatchSink, account_address: str, metrics: Metrics | None = None,
-    body_limit: int = 64 * 1024 * 1024,
+    *, nodes: NodeLookup, outbox: BatchSink, account_address: str, participant_pubkey_hex: str,
+    legacy_callbacks: bool = False, metrics: Metrics | None = None, body_limit: int = 64 * 1024 * 1024,
 ) -> FastAPI:
+    """The callback app. ``participant_pubkey_hex`` is the key every own generated batch must carry;
+    ``legacy_callbacks`` opens the shared reference routes (off: they answer 404 saying how to turn them on)."""
     app = FastAPI(title="dapi ML node callbacks", version="1", docs_url="/docs")
     install_error_handlers(app, domain={OutboxClosed: 503})
+    own_key = participant_pubkey_hex.lower()
 
     async def queue(msg: Message, kind: str) -> Response:
         if not outbox.can_send:
@@ -192,17 +275,51 @@ def create_mlnode_app(
             metrics.batches_accepted.labels(kind=kind).inc()
         return Response(status_code=200)
 
-    generated_doc: dict[str, Any] = {
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": ProofBatchBody.model_json_schema(ref_template="#/components/schemas/{model}")}}},
-    }
-    validated_doc: dict[str, Any] = {
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": ValidatedBatchBody.model_json_schema(ref_template="#/components/schemas/{model}")}}},
-    }
-    errors = error_responses(400, 413, 503)
+    def refused(kind: str, reason: str, status: int, message: str, **fields: Any) -> ApiError:
+        if metrics is not None:
+            metrics.batches_refused.labels(kind=kind, reason=reason).inc()
+        log.warning("PoC batch refused", kind=kind, reason=reason, error=message, **fields)
+        return ApiError(status, message)
+
+    def owner(secret: str, kind: str, request: Request) -> str:
+        node_id = nodes.node_id_by_secret(secret)
+        if node_id is None:
+            raise refused(kind, "unknown_url", 404, UNKNOWN_URL, client=request.client.host if request.client else None)
+        return node_id
+
+    # --- each node's own URL ---
+
+    async def node_generated(secret: Annotated[str, SECRET], request: Request) -> Response:
+        node_id = owner(secret, "generated", request)
+        body = await read_json_body(request)
+        key, height, nonces, dist = _common(body)
+        if key.lower() != own_key:
+            raise refused("generated", "public_key", 400,
+                          "public_key: not this participant's public key (the one the node's InitDto gave)",
+                          node_id=node_id)
+        if (problem := _stage_problem(nodes, body, height)) is not None:
+            raise refused("generated", "stage", 400, problem, node_id=node_id)
+        claimed = body.get("node_id") or 0
+        if claimed and nodes.node_id_by_num(claimed) != node_id:
+            log.warning("PoC batch claims another node's number; attributed to the node whose URL it came on",
+                        node_id=node_id, claimed_node_num=claimed)
+        msg = MsgSubmitPocBatch(creator=account_address, poc_stage_start_block_height=height,
+                                batch_id=str(uuid.uuid4()), nonces=nonces, dist=dist, node_id=node_id)
+        return await queue(msg, "generated")
+
+    async def node_validated(secret: Annotated[str, SECRET], request: Request) -> Response:
+        node_id = owner(secret, "validated", request)
+        body = await read_json_body(request)
+        msg = _validation_msg(body, account_address)
+        if (problem := _stage_problem(nodes, body, msg.poc_stage_start_block_height)) is not None:
+            raise refused("validated", "stage", 400, problem, node_id=node_id)
+        return await queue(msg, "validated")
+
+    # --- the reference's shared routes ---
 
     async def generated(request: Request) -> Response:
+        if not legacy_callbacks:
+            raise refused("generated", "legacy_off", 404, LEGACY_OFF)
         body = await read_json_body(request)
         _, height, nonces, dist = _common(body)
         node_num = body.get("node_id") or 0
@@ -215,35 +332,28 @@ def create_mlnode_app(
         return await queue(msg, "generated")
 
     async def validated(request: Request) -> Response:
+        if not legacy_callbacks:
+            raise refused("validated", "legacy_off", 404, LEGACY_OFF)
         body = await read_json_body(request)
-        key, height, nonces, _ = _common(body)
-        prover = _prover_key(key)
-        received = _distances(body, "received_dist")
-        if len(received) != len(nonces):
-            raise ApiError(400, f"received_dist: length {len(received)} differs from nonces length {len(nonces)}")
-        n_invalid = _field(body, "n_invalid", int)
-        if not 0 <= n_invalid <= INT64_MAX:
-            raise ApiError(400, f"n_invalid: must be a non-negative 64-bit integer (got {_shown(n_invalid)})")
-        msg = MsgSubmitPocValidation(
-            creator=account_address,
-            participant_address=address_from_key_bytes(prover),
-            poc_stage_start_block_height=height,
-            # The arrays are left empty on purpose, as the reference does: the chain reads only the verdict.
-            r_target=_number(body, "r_target"),
-            fraud_threshold=_number(body, "fraud_threshold"),
-            n_invalid=n_invalid,
-            probability_honest=_number(body, "probability_honest"),
-            fraud_detected=_field(body, "fraud_detected", bool),
-        )
-        return await queue(msg, "validated")
+        return await queue(_validation_msg(body, account_address), "validated")
 
-    for prefix in ("/v1", "/mlnode/v1"):
-        app.add_api_route(f"{prefix}/poc-batches/generated", generated, methods=["POST"], status_code=200,
-                          openapi_extra=generated_doc, responses={200: {"description": "Durably queued"}, **errors},
-                          summary="Submit a generated PoC batch", response_class=Response)
-        app.add_api_route(f"{prefix}/poc-batches/validated", validated, methods=["POST"], status_code=200,
-                          openapi_extra=validated_doc, responses={200: {"description": "Durably queued"}, **errors},
-                          summary="Submit a validated PoC batch", response_class=Response)
+    routes: list[tuple[str, Handler, Handler, bool, str]] = [
+        (f"{NODE_CALLBACK_PREFIX}/{{secret}}{POC_BATCHES_PATH}", node_generated, node_validated, False,
+         "One ML node's own callback URL, given to it in its InitDto; the batch is that node's."),
+        *((f"{prefix}/poc-batches", generated, validated, True,
+           "The reference's shared route; off (404) unless api.ml_legacy_callbacks is true. The batch is "
+           "attributed by the node number it claims.") for prefix in ("/v1", "/mlnode/v1")),
+    ]
+    for path, on_generated, on_validated, legacy, description in routes:
+        statuses = (400, 404, 413, 503)
+        for kind, handler, model in (("generated", on_generated, ProofBatchBody),
+                                     ("validated", on_validated, ValidatedBatchBody)):
+            doc = {"requestBody": {"required": True, "content": {"application/json": {
+                "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+            app.add_api_route(f"{path}/{kind}", handler, methods=["POST"], status_code=200, openapi_extra=doc,
+                              responses={200: {"description": "Durably queued"}, **error_responses(*statuses)},
+                              summary=f"Submit a {kind} PoC batch" + (" (shared route)" if legacy else ""),
+                              description=description, response_class=Response)
     app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(HeadAsGet)
     return app
