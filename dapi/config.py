@@ -26,6 +26,7 @@ ENV_PREFIX = "DAPI_"
 _NON_KEY_ENV = frozenset({"DAPI_SIGNER_KEY", "DAPI_LOG_FORMAT", "DAPI_LOG_LEVEL"})
 
 DEFAULT_ML_BODY_LIMIT = 64 * 1024 * 1024
+DEFAULT_MAX_TX_BYTES = 1_048_576  # CometBFT's default mempool max_tx_bytes
 
 
 # Node ids the admin API accepts: safe to log, show and put in a URL path.
@@ -110,6 +111,9 @@ class ChainNodeConfig(_Section):
     chain_id: str = "gonka-mainnet"
     account_public_key: str = ""
     signer_key_file: str = ""
+    # The chain node's mempool limit (CometBFT `max_tx_bytes`, 1 MiB by default): a PoC batch whose
+    # transaction would exceed it is split into several messages before it is accepted.
+    max_tx_bytes: int = Field(default=DEFAULT_MAX_TX_BYTES, ge=16 * 1024)
 
     @field_validator("url")
     @classmethod

@@ -258,3 +258,35 @@ async def test_node_number_at_the_int64_limit_is_still_a_number(served: httpx.As
     assert response.status_code == 200
     [batch] = stored(outbox.path)
     assert batch.node_id == ""  # no node has that number
+
+
+# --- batches too big for one transaction (CometBFT max_tx_bytes) -----------------------------------------
+
+
+async def test_a_batch_too_big_for_one_transaction_is_split_before_it_is_accepted(outbox: Outbox) -> None:
+    # 100,000 nonces make a ~1.3 MB MsgSubmitPocBatch, over the chain's 1 MiB: answered 200 only as
+    # messages that fit, in order, each its own batch id.
+    app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, participant_pubkey_hex=OWN_KEY,
+                            metrics=Metrics())
+    nonces = [1 + 7 * k for k in range(100_000)]
+    body = {"public_key": OWN_KEY, "block_hash": "H", "block_height": 10, "nonces": nonces,
+            "dist": [0.25 + (k % 100) / 100 for k in range(100_000)], "node_id": 1}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as client:
+        response = await client.post(f"{NODE1_URL}/poc-batches/generated", json=body)
+    assert response.status_code == 200
+    parts = stored(outbox.path)
+    assert len(parts) == 2
+    assert all(isinstance(p, MsgSubmitPocBatch) and p.ByteSize() < 1_048_576 - 2048 for p in parts)
+    assert [n for p in parts for n in p.nonces] == nonces  # type: ignore[attr-defined]
+    assert len({p.batch_id for p in parts}) == 2  # type: ignore[attr-defined]
+    assert {p.node_id for p in parts} == {"node1"}  # type: ignore[attr-defined]
+
+
+async def test_a_batch_no_split_can_fit_is_413(outbox: Outbox) -> None:
+    app = create_mlnode_app(nodes=Nodes(), outbox=outbox, account_address=ACCOUNT, participant_pubkey_hex=OWN_KEY,
+                            max_tx_bytes=1024)
+    body = {"public_key": OWN_KEY, "block_hash": "H", "block_height": 10, "nonces": [1, 2], "dist": [0.1, 0.2]}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ml") as client:
+        response = await client.post(f"{NODE1_URL}/poc-batches/generated", json=body)
+    assert response.status_code == 413 and "1024 bytes" in response.json()["error"]
+    assert stored(outbox.path) == []

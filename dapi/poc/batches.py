@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from dapi.config import DEFAULT_MAX_TX_BYTES
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
 
 __all__ = ["DEFAULT_MAX_TX_BYTES", "TX_ENVELOPE_BYTES", "BatchTooLarge", "split_batch"]
 
-DEFAULT_MAX_TX_BYTES = 1_048_576  # CometBFT's default mempool max_tx_bytes
 # What a signed tx adds around its one message: TxBody (Any type URL, authz MsgExec with its grantee,
 # memo, timeout), AuthInfo (public key, sign mode, fee, gas) and the 64-byte signature. Measured at a
 # few hundred bytes; the margin keeps a split message well inside the limit.

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, Path, Request
@@ -32,6 +32,7 @@ from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocV
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.mlnodeclient.models import NODE_CALLBACK_PREFIX, POC_BATCHES_PATH
+from dapi.poc.batches import DEFAULT_MAX_TX_BYTES, BatchTooLarge, split_batch
 from dapi.server.common import ApiError, BodyLimit, HeadAsGet, error_responses, install_error_handlers, read_json_body
 
 log = get_logger(__name__)
@@ -70,6 +71,8 @@ class BatchSink(TxSink, Protocol):
 
     @property
     def can_send(self) -> bool: ...
+
+    async def submit_many(self, msgs: Iterable[Message]) -> list[int]: ...
 
 
 INT64_MAX = 2**63 - 1
@@ -260,6 +263,7 @@ def _stage_problem(nodes: NodeLookup, body: dict[str, Any], height: int) -> str 
 def create_mlnode_app(
     *, nodes: NodeLookup, outbox: BatchSink, account_address: str, participant_pubkey_hex: str,
     legacy_callbacks: bool = False, metrics: Metrics | None = None, body_limit: int = 64 * 1024 * 1024,
+    max_tx_bytes: int = DEFAULT_MAX_TX_BYTES,
 ) -> FastAPI:
     """The callback app. ``participant_pubkey_hex`` is the key every own generated batch must carry;
     ``legacy_callbacks`` opens the shared reference routes (off: they answer 404 saying how to turn them on)."""
@@ -270,9 +274,20 @@ def create_mlnode_app(
     async def queue(msg: Message, kind: str) -> Response:
         if not outbox.can_send:
             raise ApiError(503, "this API node has no signer key: batches cannot be submitted to the chain")
-        await outbox.submit(msg)
+        msgs: Sequence[Message] = [msg]
+        if isinstance(msg, MsgSubmitPocBatch):
+            # Nothing is answered 200 that can never land: a batch too big for one transaction goes as
+            # several messages, each its own batch id; only what no split fits is refused.
+            try:
+                msgs = split_batch(msg, max_tx_bytes=max_tx_bytes, new_batch_id=lambda: str(uuid.uuid4()))
+            except BatchTooLarge as exc:
+                raise ApiError(413, f"batch cannot fit a transaction of {max_tx_bytes} bytes: {exc}") from None
+            if len(msgs) > 1:
+                log.info("PoC batch split to fit the chain's transaction size", nonces=len(msg.nonces),
+                         messages=len(msgs), node_id=msg.node_id)
+        await outbox.submit_many(msgs)
         if metrics is not None:
-            metrics.batches_accepted.labels(kind=kind).inc()
+            metrics.batches_accepted.labels(kind=kind).inc(len(msgs))
         return Response(status_code=200)
 
     def refused(kind: str, reason: str, status: int, message: str, **fields: Any) -> ApiError:
