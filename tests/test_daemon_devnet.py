@@ -15,7 +15,7 @@ import httpx
 import pytest
 from waiting import wait_for
 
-from dapi.chain.epochs import EpochContext, Phase
+from dapi.chain.epochs import EpochContext
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, load_genesis
 from dapi.devnet.mlnode import RecordedCall
 from dapi.devnet.network import SimulatedNetwork
@@ -211,17 +211,56 @@ async def test_governance_change_shows_in_governance_models_not_in_models_until_
         assert served[bumped.id] == bumped.units_of_compute_per_token
 
 
+# The phase of a height by the stage table of reference/chain-logic.md §2.3, worked out by hand for the devnet's
+# epoch params (P=6, D=1, V=4; generation wind-down trunc(6*0.8)=4, validation wind-down trunc(4*0.8)=3) and
+# epoch 1's PoC start A=40: [40,44) PoCGenerate, [44,47) PoCGenerateWindDown, [47,50) PoCValidate,
+# [50,51) PoCValidateWindDown, Inference from 51 (end of validation) on; before 40 the latest epoch is the
+# genesis epoch 0, whose phase is always Inference.
+PHASES_OF_EPOCH_1 = [
+    (39, 0, "Inference"),
+    (40, 1, "PoCGenerate"),
+    (43, 1, "PoCGenerate"),
+    (44, 1, "PoCGenerateWindDown"),
+    (46, 1, "PoCGenerateWindDown"),
+    (47, 1, "PoCValidate"),
+    (49, 1, "PoCValidate"),
+    (50, 1, "PoCValidateWindDown"),
+    (51, 1, "Inference"),
+    (53, 1, "Inference"),
+]
+# Epoch 1's stages as /v1/epochs/latest reports them (the same table: A + offset).
+EPOCH_1_STAGES = {
+    "epoch_index": 1, "poc_start": 40, "poc_generation_wind_down": 44, "poc_generation_end": 46,
+    "poc_validation_start": 47, "poc_validation_wind_down": 50, "poc_validation_end": 51,
+    "set_new_validators": 53, "claim_money": 54, "next_poc_start": 80,
+}
+
+
 async def test_phase_of_status_and_epoch_endpoint_follow_the_chain(session: DevnetSession) -> None:
     s = session
-    ctx = context(s, 1)
-    await daemon_at(s, ctx.start_of_poc + 1)
+    first = PHASES_OF_EPOCH_1[0][0]
+    assert s.devnet.ledger.height < first, "the devnet got past the first height before the test began"
+    s.devnet.pause_at(first)
+    await s.devnet.wait_for_height(first)
     async with httpx.AsyncClient(base_url=s.public_url, timeout=10) as client:
-        epoch = (await client.get("/v1/epochs/latest")).json()
-        status = (await client.get("/v1/status")).json()
-    assert epoch["latest_epoch"]["index"] >= 1 and epoch["epoch_stages"]["poc_start"] >= ctx.start_of_poc
-    assert epoch["phase"] in {p.value for p in Phase}
-    assert status["chain"]["synced"] is True and status["chain"]["last_height"] >= ctx.start_of_poc + 1
-    assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
+        for height, epoch_index, phase in PHASES_OF_EPOCH_1:
+            # The chain stands still at `height`: whatever the daemon reports is about this very block.
+            if s.devnet.ledger.height < height:
+                await s.devnet.step(height - s.devnet.ledger.height)
+            assert s.devnet.ledger.height == height
+            await daemon_at(s, height)
+            epoch = (await client.get("/v1/epochs/latest")).json()
+            status = (await client.get("/v1/status")).json()
+            assert (epoch["block_height"], epoch["latest_epoch"]["index"], epoch["phase"]) == (height, epoch_index, phase)
+            assert (status["chain"]["last_height"], status["chain"]["epoch"], status["chain"]["phase"]) == (
+                height, epoch_index, phase)
+            if epoch_index == 1:
+                assert epoch["latest_epoch"]["poc_start_block_height"] == 40
+                stages = epoch["epoch_stages"]
+                assert {k: stages[k] for k in EPOCH_1_STAGES} == EPOCH_1_STAGES
+            assert status["chain"]["synced"] is True
+        assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
+    s.devnet.resume_blocks()
 
 
 async def test_status_shows_the_height_retried_while_the_chain_cannot_be_queried() -> None:
