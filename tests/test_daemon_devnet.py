@@ -212,38 +212,40 @@ async def test_governance_change_shows_in_governance_models_not_in_models_until_
 
 
 # The phase of a height by the stage table of reference/chain-logic.md §2.3, worked out by hand for the devnet's
-# epoch params (P=6, D=1, V=4; generation wind-down trunc(6*0.8)=4, validation wind-down trunc(4*0.8)=3) and
-# epoch 1's PoC start A=40: [40,44) PoCGenerate, [44,47) PoCGenerateWindDown, [47,50) PoCValidate,
-# [50,51) PoCValidateWindDown, Inference from 51 (end of validation) on; before 40 the latest epoch is the
-# genesis epoch 0, whose phase is always Inference.
-PHASES_OF_EPOCH_1 = [
-    (39, 0, "Inference"),
-    (40, 1, "PoCGenerate"),
-    (43, 1, "PoCGenerate"),
-    (44, 1, "PoCGenerateWindDown"),
-    (46, 1, "PoCGenerateWindDown"),
-    (47, 1, "PoCValidate"),
-    (49, 1, "PoCValidate"),
-    (50, 1, "PoCValidateWindDown"),
-    (51, 1, "Inference"),
-    (53, 1, "Inference"),
+# epoch params (epoch_length 40, shift 0, P=6, D=1, V=4; generation wind-down trunc(6*0.8)=4, validation
+# wind-down trunc(4*0.8)=3), as offsets from an epoch's PoC start A=40k: [A,A+4) PoCGenerate, [A+4,A+7)
+# PoCGenerateWindDown, [A+7,A+10) PoCValidate, [A+10,A+11) PoCValidateWindDown, Inference from the end of
+# validation A+11 on; at A-1 the latest epoch is still k-1, in its Inference phase.
+PHASE_AT_OFFSET = [
+    (-1, "Inference"),
+    (0, "PoCGenerate"),
+    (3, "PoCGenerate"),
+    (4, "PoCGenerateWindDown"),
+    (6, "PoCGenerateWindDown"),
+    (7, "PoCValidate"),
+    (9, "PoCValidate"),
+    (10, "PoCValidateWindDown"),
+    (11, "Inference"),
+    (13, "Inference"),
 ]
-# Epoch 1's stages as /v1/epochs/latest reports them (the same table: A + offset).
-EPOCH_1_STAGES = {
-    "epoch_index": 1, "poc_start": 40, "poc_generation_wind_down": 44, "poc_generation_end": 46,
-    "poc_validation_start": 47, "poc_validation_wind_down": 50, "poc_validation_end": 51,
-    "set_new_validators": 53, "claim_money": 54, "next_poc_start": 80,
+# An epoch's stages as /v1/epochs/latest reports them, as offsets from its PoC start (the same table).
+STAGE_OFFSETS = {
+    "poc_start": 0, "poc_generation_wind_down": 4, "poc_generation_end": 6, "poc_validation_start": 7,
+    "poc_validation_wind_down": 10, "poc_validation_end": 11, "set_new_validators": 13, "claim_money": 14,
+    "next_poc_start": 40,
 }
 
 
 async def test_phase_of_status_and_epoch_endpoint_follow_the_chain(session: DevnetSession) -> None:
     s = session
-    first = PHASES_OF_EPOCH_1[0][0]
-    assert s.devnet.ledger.height < first, "the devnet got past the first height before the test began"
-    s.devnet.pause_at(first)
-    await s.devnet.wait_for_height(first)
+    # The first epoch whose PoC start is still ahead (epoch 1 unless starting the daemon took long).
+    k = (s.devnet.ledger.height + 1) // 40 + 1
+    poc_start = 40 * k
+    s.devnet.pause_at(poc_start - 1)
+    await s.devnet.wait_for_height(poc_start - 1)
     async with httpx.AsyncClient(base_url=s.public_url, timeout=10) as client:
-        for height, epoch_index, phase in PHASES_OF_EPOCH_1:
+        for offset, phase in PHASE_AT_OFFSET:
+            height, epoch_index = poc_start + offset, k if offset >= 0 else k - 1
             # The chain stands still at `height`: whatever the daemon reports is about this very block.
             if s.devnet.ledger.height < height:
                 await s.devnet.step(height - s.devnet.ledger.height)
@@ -254,10 +256,11 @@ async def test_phase_of_status_and_epoch_endpoint_follow_the_chain(session: Devn
             assert (epoch["block_height"], epoch["latest_epoch"]["index"], epoch["phase"]) == (height, epoch_index, phase)
             assert (status["chain"]["last_height"], status["chain"]["epoch"], status["chain"]["phase"]) == (
                 height, epoch_index, phase)
-            if epoch_index == 1:
-                assert epoch["latest_epoch"]["poc_start_block_height"] == 40
+            if epoch_index == k:
+                assert epoch["latest_epoch"]["poc_start_block_height"] == poc_start
                 stages = epoch["epoch_stages"]
-                assert {k: stages[k] for k in EPOCH_1_STAGES} == EPOCH_1_STAGES
+                assert stages["epoch_index"] == k
+                assert {key: stages[key] - poc_start for key in STAGE_OFFSETS} == STAGE_OFFSETS
             assert status["chain"]["synced"] is True
         assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
     s.devnet.resume_blocks()
