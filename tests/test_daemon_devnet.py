@@ -132,7 +132,11 @@ async def test_batch_validation_reaches_only_validating_nodes_with_a_determinist
     session = DevnetSession(participants=3, nodes_per_participant=3, block_time=BLOCK)
     session.devnet = SimulatedNetwork(genesis)  # not started yet: the session starts this one instead
     async with session as s:
-        ctx = context(s, 2)  # epoch 2: the first PoC with POC_SLOT allocations from epoch 1
+        # Epoch 2's PoC is the first with POC_SLOT allocations (from epoch 1); a later one if the chain is past it.
+        epoch = 2
+        while context(s, epoch).start_of_poc_validation <= s.devnet.ledger.height:
+            epoch += 1
+        ctx = context(s, epoch)
         # The chain stops right after the block that starts validation: the batches the daemon reads at
         # that block are exactly the ones stored now (the exchange window would otherwise add more).
         s.devnet.pause_at(ctx.start_of_poc_validation)
@@ -148,7 +152,7 @@ async def test_batch_validation_reaches_only_validating_nodes_with_a_determinist
                     if c.path.endswith("/pow/validate") and c.json["block_height"] == ctx.start_of_poc]
 
         await wait_for(lambda: len(validate_calls()) >= len(stored), timeout=30, what="one sample per participant")
-        report = s.devnet.report(1)
+        report = s.devnet.report(epoch - 1)
         assert report is not None
         member = report.member(s.devnet.own.address)
         assert member is not None
