@@ -6,6 +6,8 @@ PoC at 40, end of generation 46, validation 47-50, end of validation 51, set new
 
 from __future__ import annotations
 
+import hashlib
+import random
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -15,10 +17,13 @@ import httpx
 import pytest
 from waiting import wait_for
 
-from dapi.chain.epochs import EpochContext, Phase
+from dapi.chain.epochs import EpochContext
 from dapi.daemon import Daemon
 from dapi.devnet.daemon_config import DaemonPorts
-from dapi.poc.validation import sample_indices, sample_seed
+from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, load_genesis
+from dapi.devnet.mlnode import RecordedCall
+from dapi.devnet.network import SimulatedNetwork
+from dapi.devnet.schedule.records import PoCBatch
 from dapi.testbed.session import DevnetSession
 
 BLOCK = 0.05
@@ -36,8 +41,9 @@ def context(s: DevnetSession, epoch: int) -> EpochContext:
 
 
 async def daemon_at(s: DevnetSession, height: int, timeout: float = 30.0) -> None:
-    await s.devnet.wait_until(lambda: bool(s.daemon.follower and (s.daemon.follower.last_height or 0) >= height),
-                              timeout=timeout, what=f"daemon at height {height}")
+    # Polled, not checked per block: it must also work while the devnet's block timer is paused.
+    await wait_for(lambda: bool(s.daemon.follower and (s.daemon.follower.last_height or 0) >= height),
+                   timeout=timeout, what=f"daemon at height {height}")
 
 
 async def test_missed_boundaries_are_replayed_in_order_after_an_outage(session: DevnetSession) -> None:
@@ -103,33 +109,81 @@ async def test_seeds_are_submitted_rotated_and_each_epoch_claimed_once(session: 
     assert sorted(claims) == sorted(set(claims)) and {1, 2} <= set(claims)
 
 
-async def test_batch_validation_reaches_only_validating_nodes_with_a_deterministic_sample(session: DevnetSession) -> None:
-    s = session
-    ctx = context(s, 2)  # epoch 2: the first PoC with POC_SLOT allocations from epoch 1
-    await s.devnet.wait_for_height(ctx.end_of_poc_validation + 1, timeout=60)
-    await daemon_at(s, ctx.end_of_poc_validation + 1)
-    report = s.devnet.report(1)
-    assert report is not None
-    member = report.member(s.devnet.own.address)
-    assert member is not None
-    poc_slot = {n.node_id: n.poc_slot for n in member.nodes}
-    sent: dict[str, list[dict]] = {}
-    for node in s.devnet.own.nodes:
-        calls = [c for c in s.devnet.mlnodes.calls(node.local_id)
-                 if c.path.endswith("/pow/validate") and c.json["block_height"] == ctx.start_of_poc]
-        sent[node.local_id] = [c.json for c in calls]
-        if poc_slot.get(node.local_id):
-            assert calls == [], f"{node.local_id} serves inference during PoC and must not validate"
-    bodies = [b for bs in sent.values() for b in bs]
-    assert bodies, "no samples were validated"
-    block_hash = s.devnet.ledger.block(ctx.start_of_poc).hash  # type: ignore[union-attr]
-    seed = sample_seed(s.daemon.identity.pubkey_hex, block_hash, ctx.start_of_poc)
-    groups = {g.hex_pub_key: g for g in await s.daemon.chain.query.poc_batches_for_stage(ctx.start_of_poc)}  # type: ignore[union-attr]
-    for body in bodies:
-        group = groups[body["public_key"]]
-        nonces = [n for b in group.poc_batch for n in b.nonces]
-        expected = [nonces[i] for i in sample_indices(len(nonces), 200, seed)]
-        assert body["nonces"] == expected and body["block_hash"] == block_hash
+def expected_sample(validator_hex_pubkey: str, block_hash: str, height: int, nonces: list[int], dist: list[float],
+                    size: int) -> tuple[list[int], list[float]]:
+    """The sampling rule of reference/chain-io.md §2.11 step 4, written out here rather than imported.
+
+    seed = the first 8 bytes, big-endian and signed, of sha256("<own hex pubkey>:<block hash>:<height>"); the
+    positions are `size` distinct ones drawn with that seed. DESIGN.md leaves the generator open (no other
+    party recomputes the choice); dapi draws with Python's `random.Random(seed).sample`, so that is what a
+    sample is checked against. A participant with no more nonces than `size` is sent whole.
+    """
+    if size >= len(nonces):
+        return nonces, dist
+    digest = hashlib.sha256(f"{validator_hex_pubkey}:{block_hash}:{height}".encode()).digest()
+    seed = int.from_bytes(digest[:8], "big", signed=True)
+    positions = random.Random(seed).sample(range(len(nonces)), size)
+    return [nonces[i] for i in positions], [dist[i] for i in positions]
+
+
+SAMPLE_SIZE = 8  # the chain's validation_sample_size here: below every participant's nonce count
+
+
+async def test_batch_validation_reaches_only_validating_nodes_with_a_deterministic_sample() -> None:
+    # A sample size below every participant's nonce count, so the sample is a real choice, not "all of them".
+    genesis = load_genesis(DEFAULT_GENESIS_PATH, participants=3, nodes_per_participant=3, block_time=BLOCK,
+                           overrides={"poc_params": {"validation_sample_size": SAMPLE_SIZE}})
+    session = DevnetSession(participants=3, nodes_per_participant=3, block_time=BLOCK)
+    session.devnet = SimulatedNetwork(genesis)  # not started yet: the session starts this one instead
+    async with session as s:
+        # Epoch 2's PoC is the first with POC_SLOT allocations (from epoch 1); a later one if the chain is past it.
+        epoch = 2
+        while context(s, epoch).start_of_poc_validation <= s.devnet.ledger.height:
+            epoch += 1
+        ctx = context(s, epoch)
+        # The chain stops right after the block that starts validation: the batches the daemon reads at
+        # that block are exactly the ones stored now (the exchange window would otherwise add more).
+        s.devnet.pause_at(ctx.start_of_poc_validation)
+        await s.devnet.wait_for_height(ctx.start_of_poc_validation, timeout=60)
+        stored: dict[str, list[PoCBatch]] = {}
+        for b in s.devnet.ledger.batches(ctx.start_of_poc):
+            stored.setdefault(b.participant_address, []).append(b)
+        hex_keys = {p.address: p.hex_pub_key for p in s.devnet.genesis.participants}
+        assert set(stored) == set(hex_keys), "every participant mined at this PoC"
+
+        def validate_calls() -> list[RecordedCall]:
+            return [c for n in s.devnet.own.nodes for c in s.devnet.mlnodes.calls(n.local_id)
+                    if c.path.endswith("/pow/validate") and c.json["block_height"] == ctx.start_of_poc]
+
+        await wait_for(lambda: len(validate_calls()) >= len(stored), timeout=30, what="one sample per participant")
+        report = s.devnet.report(epoch - 1)
+        assert report is not None
+        member = report.member(s.devnet.own.address)
+        assert member is not None
+        poc_slot = {n.node_id: n.poc_slot for n in member.nodes}
+        assert set(poc_slot.values()) == {True, False}, "some own nodes serve, some mine"
+        for node in s.devnet.own.nodes:
+            calls = [c for c in s.devnet.mlnodes.calls(node.local_id)
+                     if c.path.endswith("/pow/validate") and c.json["block_height"] == ctx.start_of_poc]
+            if poc_slot[node.local_id]:
+                assert calls == [], f"{node.local_id} serves inference during PoC and must not validate"
+
+        block_hash = s.devnet.ledger.block(ctx.start_of_poc).hash  # type: ignore[union-attr]
+        own_key = s.devnet.own.hex_pub_key
+        bodies = {c.json["public_key"]: c.json for c in validate_calls()}
+        assert len(bodies) == len(validate_calls()) == len(stored), "each participant sampled exactly once"
+        for address, batches in stored.items():
+            body = bodies[hex_keys[address]]
+            # The chain answers with a participant's batches in batch_id order; the sample is over their concatenation.
+            batches = sorted(batches, key=lambda b: b.batch_id)
+            nonces = [n for b in batches for n in b.nonces]
+            dist = [d for b in batches for d in b.dist]
+            assert len(nonces) > SAMPLE_SIZE, address
+            want_nonces, want_dist = expected_sample(own_key, block_hash, ctx.start_of_poc, nonces, dist, SAMPLE_SIZE)
+            assert (body["block_hash"], body["block_height"]) == (block_hash, ctx.start_of_poc)
+            assert body["nonces"] == want_nonces and body["dist"] == want_dist, address
+            assert len(set(body["nonces"])) == SAMPLE_SIZE
+        s.devnet.resume_blocks()
 
 
 async def test_governance_change_shows_in_governance_models_not_in_models_until_formation(session: DevnetSession) -> None:
@@ -165,17 +219,59 @@ async def test_governance_change_shows_in_governance_models_not_in_models_until_
         assert served[bumped.id] == bumped.units_of_compute_per_token
 
 
+# The phase of a height by the stage table of reference/chain-logic.md §2.3, worked out by hand for the devnet's
+# epoch params (epoch_length 40, shift 0, P=6, D=1, V=4; generation wind-down trunc(6*0.8)=4, validation
+# wind-down trunc(4*0.8)=3), as offsets from an epoch's PoC start A=40k: [A,A+4) PoCGenerate, [A+4,A+7)
+# PoCGenerateWindDown, [A+7,A+10) PoCValidate, [A+10,A+11) PoCValidateWindDown, Inference from the end of
+# validation A+11 on; at A-1 the latest epoch is still k-1, in its Inference phase.
+PHASE_AT_OFFSET = [
+    (-1, "Inference"),
+    (0, "PoCGenerate"),
+    (3, "PoCGenerate"),
+    (4, "PoCGenerateWindDown"),
+    (6, "PoCGenerateWindDown"),
+    (7, "PoCValidate"),
+    (9, "PoCValidate"),
+    (10, "PoCValidateWindDown"),
+    (11, "Inference"),
+    (13, "Inference"),
+]
+# An epoch's stages as /v1/epochs/latest reports them, as offsets from its PoC start (the same table).
+STAGE_OFFSETS = {
+    "poc_start": 0, "poc_generation_wind_down": 4, "poc_generation_end": 6, "poc_validation_start": 7,
+    "poc_validation_wind_down": 10, "poc_validation_end": 11, "set_new_validators": 13, "claim_money": 14,
+    "next_poc_start": 40,
+}
+
+
 async def test_phase_of_status_and_epoch_endpoint_follow_the_chain(session: DevnetSession) -> None:
     s = session
-    ctx = context(s, 1)
-    await daemon_at(s, ctx.start_of_poc + 1)
+    # The first epoch whose PoC start is still ahead (epoch 1 unless starting the daemon took long).
+    k = (s.devnet.ledger.height + 1) // 40 + 1
+    poc_start = 40 * k
+    s.devnet.pause_at(poc_start - 1)
+    await s.devnet.wait_for_height(poc_start - 1)
     async with httpx.AsyncClient(base_url=s.public_url, timeout=10) as client:
-        epoch = (await client.get("/v1/epochs/latest")).json()
-        status = (await client.get("/v1/status")).json()
-    assert epoch["latest_epoch"]["index"] >= 1 and epoch["epoch_stages"]["poc_start"] >= ctx.start_of_poc
-    assert epoch["phase"] in {p.value for p in Phase}
-    assert status["chain"]["synced"] is True and status["chain"]["last_height"] >= ctx.start_of_poc + 1
-    assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
+        for offset, phase in PHASE_AT_OFFSET:
+            height, epoch_index = poc_start + offset, k if offset >= 0 else k - 1
+            # The chain stands still at `height`: whatever the daemon reports is about this very block.
+            if s.devnet.ledger.height < height:
+                await s.devnet.step(height - s.devnet.ledger.height)
+            assert s.devnet.ledger.height == height
+            await daemon_at(s, height)
+            epoch = (await client.get("/v1/epochs/latest")).json()
+            status = (await client.get("/v1/status")).json()
+            assert (epoch["block_height"], epoch["latest_epoch"]["index"], epoch["phase"]) == (height, epoch_index, phase)
+            assert (status["chain"]["last_height"], status["chain"]["epoch"], status["chain"]["phase"]) == (
+                height, epoch_index, phase)
+            if epoch_index == k:
+                assert epoch["latest_epoch"]["poc_start_block_height"] == poc_start
+                stages = epoch["epoch_stages"]
+                assert stages["epoch_index"] == k
+                assert {key: stages[key] - poc_start for key in STAGE_OFFSETS} == STAGE_OFFSETS
+            assert status["chain"]["synced"] is True
+        assert status["read_only"] is False and status["components"]["broker"]["registration"] == "done"
+    s.devnet.resume_blocks()
 
 
 async def test_status_shows_the_height_retried_while_the_chain_cannot_be_queried() -> None:

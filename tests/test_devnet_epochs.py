@@ -1,12 +1,15 @@
-"""Whole epochs on a running devnet: formation over three epochs against the schedule logic recomputed
-from what the wire serves, the chain's rules against a misbehaving peer, an own participant that joins
-through its simulated ML nodes, and governance changes that leave formed snapshots alone."""
+"""Whole epochs on a running devnet: formation over three epochs checked against the spec's rules (applied by
+the test to the chain's stored batches), the chain's rules against a misbehaving peer, an own participant
+that joins through its simulated ML nodes, and governance changes that leave formed snapshots alone."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
 
 import httpx
 import pytest
@@ -20,20 +23,7 @@ from dapi.chain.query import ChainQuery, GrpcTransport
 from dapi.chain.rpc import CometRPC
 from dapi.chain.tx import TxSigner
 from dapi.devnet import SimulatedNetwork
-from dapi.devnet.schedule.formation import FormationInput, form_epoch
-from dapi.devnet.schedule.models import ModelRegistry
-from dapi.devnet.schedule.records import (
-    ActiveParticipant,
-    EpochGroupData,
-    HardwareNodes,
-    MLNodeInfo,
-    ModelMLNodes,
-    ParticipantRecord,
-    PoCBatch,
-)
-from dapi.devnet.schedule.settlement import fixed_epoch_reward
-from dapi.devnet.wire.convert import hardware_node_from_proto
-from dapi.gen.inference.inference import epoch_group_data_pb2, hardware_node_pb2
+from dapi.gen.inference.inference import hardware_node_pb2
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.mlnodeclient.models import ProofBatch
 from dapi.runtime.serving import start_server
@@ -47,115 +37,153 @@ async def devnet() -> AsyncIterator[SimulatedNetwork]:
         yield running
 
 
-def _ml_nodes(nodes: object) -> tuple[MLNodeInfo, ...]:
-    return tuple(
-        MLNodeInfo(node_id=n.node_id, throughput=n.throughput, poc_weight=n.poc_weight,
-                   timeslot_allocation=tuple(n.timeslot_allocation))
-        for n in nodes  # type: ignore[attr-defined]
-    )
+# The devnet's default genesis (config/devnet.yaml), by hand: participants own, peer1, peer2; node k of each
+# declares node_models[(k-1) mod 2], so node1 and node3 serve Qwen2.5-7B, node2 and node4 QwQ-32B; the models'
+# throughput_per_nonce (chain-logic.md §14) are 10000 and 1000. A peer tries 48 + 16·((k-1) mod 3) nonces with
+# node k (48, 64, 80, 48) and keeps those below r_target, so a node's weight is at most that.
+QWQ, QWEN7 = "Qwen/QwQ-32B", "Qwen/Qwen2.5-7B-Instruct"
+DECLARED = {"node1": QWEN7, "node2": QWQ, "node3": QWEN7, "node4": QWQ}
+THROUGHPUT_PER_NONCE = {QWQ: 1000, QWEN7: 10000}
+ATTEMPTS = {"node1": 48, "node2": 64, "node3": 80, "node4": 48}
+# Settlement (chain-logic.md §13 golden values for initial 323e12, decay -0.000475): n = epoch - genesis_epoch 1.
+EPOCH_REWARD = {1: 323_000_000_000_000, 2: 322_846_611_432_668}
 
 
-async def _members_from_wire(query: ChainQuery, epoch: int) -> tuple[ActiveParticipant, ...]:
-    """An epoch's active participants as the groups on the wire describe them (models ↔ node lists)."""
-    parent = await query.epoch_group_data(epoch, "")
-    subs = [await query.epoch_group_data(epoch, m) for m in parent.sub_group_models]
-    members = []
-    for vw in parent.validation_weights:
-        models, lists = [], []
-        for sub in subs:
-            mine = [w for w in sub.validation_weights if w.member_address == vw.member_address]
-            if mine:
-                models.append(sub.model_id)
-                lists.append(ModelMLNodes(ml_nodes=_ml_nodes(mine[0].ml_nodes)))
-        members.append(ActiveParticipant(index=vw.member_address, weight=vw.weight, models=tuple(models),
-                                         ml_nodes=tuple(lists)))
-    return tuple(members)
+@dataclass(frozen=True)
+class Node:
+    """One ML node of a member, as the epoch's model sub-group on the wire lists it."""
+
+    model: str
+    weight: int
+    throughput: int
+    poc_slot: bool
+    allocation: tuple[bool, ...]
 
 
-def _shape(parent: EpochGroupData | epoch_group_data_pb2.EpochGroupData,
-           subs: list[EpochGroupData] | list[epoch_group_data_pb2.EpochGroupData]) -> object:
-    """What formation decides, comparable between records and protobuf messages."""
-    return (
-        sorted((vw.member_address, vw.weight) for vw in parent.validation_weights),
-        parent.total_weight,
-        sorted(parent.sub_group_models),
-        sorted(
-            (
-                sub.model_id,
-                sub.model_snapshot.id,
-                sub.total_weight,
-                sub.total_throughput,
-                sorted(
-                    (vw.member_address, vw.weight,
-                     tuple((n.node_id, n.poc_weight, n.throughput, tuple(n.timeslot_allocation)) for n in vw.ml_nodes))
-                    for vw in sub.validation_weights
-                ),
-            )
-            for sub in subs
-        ),
-    )
+def weight_rule(order: Sequence[str], nodes: Mapping[str, Sequence[tuple[str, int]]]) -> dict[str, bool]:
+    """DESIGN.md §6's 50% rule, from its text: node id → POC_SLOT, visiting the models in `order`.
+
+    Carry starts at 0. In a model with nodes (in array order) of total positive weight T, nodes are switched
+    to mining one by one until switched + carry > T/2; zero-weight nodes always mine and are not in T; the
+    overshoot switched + carry - T/2 is carried to the next model.
+    """
+    carry = Fraction(0)
+    slots: dict[str, bool] = {}
+    for model in order:
+        half = Fraction(sum(w for _, w in nodes[model] if w > 0), 2)
+        switched = 0
+        for node_id, weight in nodes[model]:
+            if weight <= 0:
+                slots[node_id] = False
+            elif switched + carry > half:
+                slots[node_id] = True
+            else:
+                switched += weight
+                slots[node_id] = False
+        carry = switched + carry - half
+    return slots
 
 
-async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_inputs(devnet: SimulatedNetwork) -> None:
+async def test_three_epochs_form_from_the_stored_batches_as_the_spec_says(devnet: SimulatedNetwork) -> None:
+    genesis = devnet.genesis
+    assert [p.name for p in genesis.participants] == ["own", "peer1", "peer2"]
+    assert all({n.local_id: n.models[0] for n in p.nodes} == DECLARED for p in genesis.participants)
     # Claim-money of epoch 3 is 134: by then epochs 1 and 2 are settled and claimed.
     await devnet.wait_for_height(135, timeout=60)
     devnet.pause_blocks()
-    genesis = devnet.genesis
+    peers = {p.address: p.name for p in genesis.peers}
     query = ChainQuery(GrpcTransport(devnet.grpc_target))
     try:
-        registry = ModelRegistry.of(genesis.models)
-        assert [m.id for m in await query.models_all()] == list(registry.ids)
-        records = {p.address: ParticipantRecord(address=p.address, validator_key=p.validator_key,
-                                                inference_url=p.inference_url) for p in genesis.participants}
-        hardware = {}
-        for p in genesis.participants:
-            wire = await query.hardware_nodes(p.address)
-            if wire.hardware_nodes:
-                hardware[p.address] = _hardware_record(wire)
-        params = (await query.params()).epoch_params
-        previous: tuple[ActiveParticipant, ...] = ()
+        previous: dict[str, dict[str, Node]] = {address: {} for address in peers}  # genesis: no allocations
         for epoch in (1, 2, 3):
+            stage = 40 * epoch
             parent = await query.epoch_group_data(epoch, "")
-            subs = [await query.epoch_group_data(epoch, m) for m in parent.sub_group_models]
-            stage = parent.poc_start_block_height
-            before = await query.epoch_group_data(epoch - 1, "")
-            batches = [
-                PoCBatch(participant_address=b.participant_address, poc_stage_start_block_height=b.poc_stage_start_block_height,
-                         received_at_block_height=b.received_at_block_height, nonces=tuple(b.nonces), dist=tuple(b.dist),
-                         batch_id=b.batch_id, node_id=b.node_id)
-                for group in await query.poc_batches_for_stage(stage) for b in group.poc_batch
-            ]
-            expected = form_epoch(FormationInput(
-                epoch_index=epoch,
-                poc_start_block_height=stage,
-                registry=registry,
-                participants=records,
-                hardware=hardware,
-                batches=batches,
-                validations=devnet.ledger.validations(stage),
-                validator_weights={vw.member_address: vw.weight for vw in before.validation_weights},
-                seeds={s.participant: s for s in devnet.ledger.seeds(epoch)},
-                previous=previous,
-                default_unit_of_compute_price=(before.unit_of_compute_price if epoch > 1
-                                               else params.default_unit_of_compute_price),
-            ))
-            assert _shape(parent, subs) == _shape(expected.parent, list(expected.sub_groups))
-            assert parent.unit_of_compute_price == expected.parent.unit_of_compute_price
-            # Several members, both models served, and the POC_SLOT rule acting on real weights.
-            assert len(parent.validation_weights) >= 2 and len(subs) == 2
-            slots = [n.timeslot_allocation[1] for sub in subs for vw in sub.validation_weights for n in vw.ml_nodes]
+            assert parent.poc_start_block_height == stage
+            # Both models are served, in id order; no price was proposed, so the params default holds.
+            assert list(parent.sub_group_models) == [QWQ, QWEN7]
+            assert parent.unit_of_compute_price == 100
+            subs = {m: await query.epoch_group_data(epoch, m) for m in parent.sub_group_models}
+            # Only the peers are members: no daemon runs for the own participant here.
+            assert sorted(vw.member_address for vw in parent.validation_weights) == sorted(peers)
+
+            current: dict[str, dict[str, Node]] = {}
+            for address, name in peers.items():
+                nodes: dict[str, Node] = {}
+                for model, sub in subs.items():
+                    mine = [vw for vw in sub.validation_weights if vw.member_address == address]
+                    assert len(mine) == 1, (epoch, name, model)
+                    for n in mine[0].ml_nodes:
+                        assert n.node_id not in nodes, f"{name}: {n.node_id} in two models"
+                        nodes[n.node_id] = Node(model, n.poc_weight, n.throughput, tuple(n.timeslot_allocation)[1],
+                                                tuple(n.timeslot_allocation))
+                    # A member's weight in a sub-group is the weight of its nodes there.
+                    assert mine[0].weight == sum(n.poc_weight for n in mine[0].ml_nodes), (epoch, name, model)
+                # Every declared node, in the model it declared, with PRE_POC_SLOT set.
+                assert {node_id: n.model for node_id, n in nodes.items()} == DECLARED, (epoch, name)
+                assert all(n.allocation[0] and len(n.allocation) == 2 for n in nodes.values())
+
+                # Node weight: a node that had POC_SLOT in the previous epoch served instead of mining, mined
+                # nothing, and keeps its weight; any other node weighs the nonces of its batches stored for
+                # this PoC (one batch per mining node).
+                served = {node_id for node_id, n in previous[address].items() if n.poc_slot}
+                batches = devnet.ledger.batches(stage, address)
+                landed: dict[str, int] = {}
+                for b in batches:
+                    landed[b.node_id] = landed.get(b.node_id, 0) + len(b.nonces)
+                assert len({b.node_id for b in batches}) == len(batches), (epoch, name)
+                assert served.isdisjoint(landed), f"{name} mined with a node that served during PoC"
+                if epoch == 1:
+                    assert set(landed) == set(DECLARED), "every node mines at the first PoC"
+                for node_id, n in nodes.items():
+                    if node_id in served:
+                        assert n.weight == previous[address][node_id].weight, (epoch, name, node_id)
+                    else:
+                        assert n.weight == landed.get(node_id, 0), (epoch, name, node_id)
+                        assert 0 < n.weight <= ATTEMPTS[node_id], (epoch, name, node_id)
+                    assert n.throughput == n.weight * THROUGHPUT_PER_NONCE[n.model]
+                total = sum(n.weight for n in nodes.values())
+                assert next(vw.weight for vw in parent.validation_weights if vw.member_address == address) == total
+
+                # The 50% rule: serving weight strictly below half, and at least half minus the largest node.
+                serving = sum(n.weight for n in nodes.values() if n.poc_slot)
+                assert 2 * serving < total, (epoch, name)
+                assert 2 * serving >= total - 2 * max(n.weight for n in nodes.values()), (epoch, name)
+                assert not any(n.poc_slot for n in nodes.values() if n.weight == 0)
+                # ... and exactly the rule's choice for one of the two orders in which it may visit the models.
+                in_array_order = {
+                    model: [(n.node_id, n.poc_weight) for vw in sub.validation_weights
+                            if vw.member_address == address for n in vw.ml_nodes]
+                    for model, sub in subs.items()
+                }
+                choices = [weight_rule(order, in_array_order) for order in itertools.permutations(subs)]
+                assert {node_id: n.poc_slot for node_id, n in nodes.items()} in choices, (epoch, name)
+
+                # The stored epoch: models[i] ↔ ml_nodes[i] (no overflow list: every node has a governance
+                # model), the same nodes and allocations as the wire's sub-groups.
+                [stored] = [p for p in devnet.ledger.active_participants(epoch) if p.index == address]
+                assert len(stored.models) == len(stored.ml_nodes) == 2
+                assert stored.weight == total
+                for model, group in zip(stored.models, stored.ml_nodes, strict=True):
+                    assert {n.node_id: (n.poc_weight, n.is_active_during_poc) for n in group.ml_nodes} == {
+                        node_id: (n.weight, n.poc_slot) for node_id, n in nodes.items() if n.model == model}
+                current[address] = nodes
+
+            for model, sub in subs.items():
+                assert sub.model_snapshot.id == model
+                assert sub.total_weight == sum(vw.weight for vw in sub.validation_weights)
+                assert sub.total_throughput == sum(n.throughput for vw in sub.validation_weights for n in vw.ml_nodes)
+            assert parent.total_weight == sum(vw.weight for vw in parent.validation_weights)
+            # The rule acted: some nodes keep serving during the next PoC, not all.
+            slots = [n.poc_slot for nodes in current.values() for n in nodes.values()]
             assert any(slots) and not all(slots)
-            assert devnet.own.address not in {vw.member_address for vw in parent.validation_weights}  # no daemon
-            previous = await _members_from_wire(query, epoch)
+            previous = current
 
         # Settlement and claims: each epoch pays exactly its fixed reward; the peers claimed what they were owed.
         for epoch in (1, 2):
             report = devnet.report(epoch)
             assert report is not None
-            reward = fixed_epoch_reward(genesis.rewards.initial_epoch_reward, genesis.rewards.decay_rate,
-                                        epoch - genesis.rewards.genesis_epoch)
-            assert report.epoch_reward == reward
-            assert sum(m.reward or 0 for m in report.members) == reward
+            assert report.epoch_reward == EPOCH_REWARD[epoch]
+            assert sum(m.reward or 0 for m in report.members) == EPOCH_REWARD[epoch]
             assert all(m.full_coverage for m in report.members)  # every peer serves both models
             claimed = {c.participant: c.amount for c in devnet.ledger.claims() if c.epoch_index == epoch}
             assert claimed == {m.address: m.reward for m in report.members}
@@ -163,11 +191,6 @@ async def test_three_epochs_form_as_the_schedule_logic_computes_from_the_same_in
     finally:
         await query.aclose()
         devnet.resume_blocks()
-
-
-def _hardware_record(wire: hardware_node_pb2.HardwareNodes) -> HardwareNodes:
-    return HardwareNodes(participant=wire.participant,
-                         hardware_nodes=tuple(hardware_node_from_proto(n) for n in wire.hardware_nodes))
 
 
 async def test_the_chain_rules_bite_a_misbehaving_peer(devnet: SimulatedNetwork) -> None:

@@ -8,12 +8,14 @@ killed with SIGKILL, the chain recovers, the daemon is started again from the sa
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -34,6 +36,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sent_deadlines(outbox: Path) -> list[float]:
+    """The resend deadlines (wall clock) of the outbox's messages whose tx was sent and not yet seen on chain."""
+    with contextlib.closing(sqlite3.connect(outbox)) as db:
+        return [row[0] for row in db.execute("SELECT deadline FROM messages WHERE state = 'sent'")]
 
 
 def start_daemon(config: Path) -> subprocess.Popen[bytes]:
@@ -102,7 +110,12 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
                 daemon.wait()
 
         devnet.clear_checktx_faults()
-        await asyncio.sleep(2 * TX_TIMEOUT + 0.5)  # past every signed tx's timeout and grace
+        # A batch whose broadcast was in flight at the kill is on record as sent, with the deadline (its tx's
+        # timeout plus grace) after which the outbox sends it again. Once every such deadline has passed, the
+        # restarted daemon signs every batch afresh at once.
+        deadlines = sent_deadlines(tmp_path / "data" / "outbox.sqlite")
+        await wait_for(lambda: time.time() > max(deadlines, default=0.0), timeout=4 * TX_TIMEOUT + 30,
+                       what="the resend deadline of every tx sent before the kill")
         daemon = start_daemon(config)
         try:
             # Resume only once the mempool holds every one of them, so that the few blocks left of the

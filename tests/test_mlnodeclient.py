@@ -418,15 +418,11 @@ def odd_node_app() -> Starlette:
     async def health(request: Request) -> Response:
         return Response(status_code=204)
 
-    async def up(request: Request) -> Response:
-        return PlainTextResponse("started")
-
     return Starlette(
         routes=[
             Route("/api/v1/state", state),
             Route("/api/v1/pow/status", pow_status),
             Route("/api/v1/train/status", train_status),
-            Route("/api/v1/inference/up", up, methods=["POST"]),
             Route("/health", health),
         ]
     )
@@ -467,8 +463,28 @@ async def test_health_must_be_exactly_200(odd_client: MLNodeClient) -> None:
     assert await odd_client.is_inference_healthy() is False
 
 
-async def test_inference_up_ignores_a_non_json_success_body(odd_client: MLNodeClient) -> None:
-    await odd_client.inference_up("m", [])
+async def test_inference_up_ignores_a_non_json_success_body() -> None:
+    # "Ignores" the body, not the answer: a plain-text 200 is a success (the call returns None after
+    # one POST that carried the request), while the same plain text with a 500 is still a failure.
+    received: list[tuple[str, Any]] = []
+    status = 200
+
+    async def up(request: Request) -> Response:
+        received.append((request.headers.get("content-type", ""), await request.json()))
+        return PlainTextResponse("started", status_code=status)
+
+    app = Starlette(routes=[Route("/api/v1/inference/up", up, methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        client = MLNodeClient("http://ml", "http://ml", http=http)
+        assert await client.inference_up("Qwen/QwQ-32B", ["--quantization", "fp8"]) is None
+        assert received == [("application/json", {
+            "model": "Qwen/QwQ-32B", "dtype": "float16", "additional_args": ["--quantization", "fp8"],
+        })]
+        status = 500
+        with pytest.raises(MLNodeHTTPError) as info:
+            await client.inference_up("Qwen/QwQ-32B", [])
+        assert (info.value.status, info.value.body) == (500, "started")
+        assert len(received) == 2
 
 
 def test_every_error_is_an_mlnode_error() -> None:
