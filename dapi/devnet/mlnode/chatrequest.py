@@ -1,7 +1,7 @@
 """A chat request as vLLM reads it, and the JSON of its answer: pure functions, used by `vllm`.
 
-`parse_chat` makes the checks of steps 2-4 in `vllm`'s docstring (types, model, vLLM's own rules) and
-runs the simulated model, giving a `ChatJob` (the choices, made but not yet paced) or the error response.
+`parse_chat` makes the checks of steps 2-4 in `vllm`'s docstring (types, model, vLLM's own rules), giving
+a `ChatJob` or the error response; `ChatJob.answered` runs the simulated model (the choices, not yet paced).
 `completion_json` is the non-streamed answer in the key order of vLLM's (reference/inference.md §5.4).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -20,12 +20,13 @@ from dapi.devnet.mlnode.inference import (
     MAX_MODEL_LEN,
     MAX_TOP_LOGPROBS,
     Completion,
+    Step,
     enforce,
     generate,
     prompt_tokens,
 )
 
-MAX_CHOICES = 128  # `n` above this is refused (vLLM has no such bound; the sim's own guard)
+MAX_CHOICES = 16  # `n` above this is refused (vLLM has no such bound; the sim's own guard)
 
 
 # --- the request, as vLLM's ChatCompletionRequest types it ----------------------------------------
@@ -84,14 +85,44 @@ class TokenizeRequest(_Lenient):
 
 @dataclass(frozen=True, slots=True)
 class ChatJob:
-    """A parsed chat request with its answer made: the choices, their usage and how to show logprobs."""
+    """A valid chat request: what to run on the simulated model, and once `answered()`, its choices."""
 
     model: str
+    messages: list[dict[str, Any]]
     prompt_tokens: int
-    choices: tuple[Completion, ...]
+    max_tokens: int
+    n: int
+    seed: int
+    temperature: float
+    ignore_eos: bool
+    enforced_str: str | None
+    honest: bool
     stream: bool
     include_usage: bool
     top_logprobs: int | None  # None: no logprobs asked
+    choices: tuple[Completion, ...] = ()
+
+    def answered(self) -> ChatJob:
+        """The job with its choices made (CPU work: a few tens of microseconds per token)."""
+        if self.enforced_str is not None:
+            forced = enforce(
+                self.model, self.messages, self.enforced_str, max_tokens=self.max_tokens, honest=self.honest
+            )
+            return replace(self, choices=(forced,) * self.n)
+        choices = tuple(
+            generate(
+                self.model,
+                self.messages,
+                seed=self.seed,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                ignore_eos=self.ignore_eos,
+                choice=j,
+                honest=self.honest,
+            )
+            for j in range(self.n)
+        )
+        return replace(self, choices=choices)
 
     @property
     def completion_tokens(self) -> int:
@@ -104,7 +135,7 @@ class ChatJob:
             "completion_tokens": self.completion_tokens,
         }
 
-    def logprobs(self, steps: Sequence[Any]) -> dict[str, Any] | None:
+    def logprobs(self, steps: Sequence[Step]) -> dict[str, Any] | None:
         if self.top_logprobs is None:
             return None
         return {"content": [s.logprobs_json(self.top_logprobs) for s in steps]}
@@ -127,7 +158,10 @@ def model_not_found(model: str) -> JSONResponse:
 
 
 def parse_chat(raw: bytes, served: str, *, honest: bool) -> ChatJob | JSONResponse:
-    """The job of a chat request to a node serving `served` (a wrong model unless `honest`), or its 4xx."""
+    """The job of a chat request to a node serving `served` (a wrong model unless `honest`), or its 4xx.
+
+    Only checks; the model runs in `ChatJob.answered`, once the request has a slot.
+    """
     try:
         body = json.loads(raw)
     except ValueError as exc:
@@ -158,30 +192,17 @@ def parse_chat(raw: bytes, served: str, *, honest: bool) -> ChatJob | JSONRespon
         )
     if problem is not None:
         return bad_request(problem)
-    choices: tuple[Completion, ...]
-    if req.enforced_str is not None:
-        forced = enforce(served, messages, req.enforced_str, max_tokens=max_tokens, honest=honest)
-        choices = (forced,) * req.n
-    else:
-        seed = req.seed if req.seed is not None else secrets.randbits(63)
-        temperature = req.temperature if req.temperature is not None else 1.0
-        choices = tuple(
-            generate(
-                served,
-                messages,
-                seed=seed,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                ignore_eos=req.ignore_eos,
-                choice=j,
-                honest=honest,
-            )
-            for j in range(req.n)
-        )
     return ChatJob(
         model=served,
+        messages=messages,
         prompt_tokens=n_prompt,
-        choices=choices,
+        max_tokens=max_tokens,
+        n=req.n,
+        seed=req.seed if req.seed is not None else secrets.randbits(63),  # no seed: random, as vLLM
+        temperature=req.temperature if req.temperature is not None else 1.0,
+        ignore_eos=req.ignore_eos,
+        enforced_str=req.enforced_str,
+        honest=honest,
         stream=bool(req.stream),
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
         top_logprobs=(top or 0) if req.logprobs else None,

@@ -24,6 +24,7 @@ request gets 502 (the real node's proxy on an upstream failure) and a stream is 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -158,6 +159,12 @@ async def chat_completions(request: Request, name: str) -> Response:
     if node.serving_run != run or not node.inference_ready:
         slot.release()  # the model went away while the request waited
         return _not_serving()
+    try:
+        # The model's work runs off the event loop, so a long answer does not stall the other requests.
+        job = await asyncio.to_thread(job.answered)
+    except BaseException:
+        slot.release()
+        raise
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if job.stream:
         return _SlotStreamingResponse(_stream(node, run, job, slot, completion_id, created), slot)
