@@ -248,10 +248,20 @@ async def start_sim_mlnodes(
     batch_interval: float = DEFAULT_BATCH_INTERVAL,
     nonces_per_batch: int = 32,
     load_delay: float = 0.0,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> SimMLNodeServer:
     """Start a server with `names` already added (for `dapi devnet`); the caller must `await srv.stop()`."""
     server = SimMLNodeServer(
-        host=host, port=port, batch_interval=batch_interval, nonces_per_batch=nonces_per_batch, load_delay=load_delay
+        host=host,
+        port=port,
+        batch_interval=batch_interval,
+        nonces_per_batch=nonces_per_batch,
+        load_delay=load_delay,
+        max_concurrent=max_concurrent,
+        tokens_per_second=tokens_per_second,
+        queue_timeout=queue_timeout,
     )
     for name in names:
         server.add_node(name)
