@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 
+from dapi.devnet.mlnode.capacity import DEFAULT_MAX_CONCURRENT, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TOKENS_PER_SECOND
 from dapi.devnet.mlnode.node import DEFAULT_BATCH_INTERVAL
 from dapi.devnet.mlnode.server import start_sim_mlnodes
 from dapi.logs import configure_logging
@@ -18,7 +19,14 @@ from dapi.runtime.signals import install_stop_signals
 
 async def _run_standalone(args: argparse.Namespace) -> None:
     server = await start_sim_mlnodes(
-        args.node, host=args.host, port=args.port, batch_interval=args.batch_interval, load_delay=args.load_delay
+        args.node,
+        host=args.host,
+        port=args.port,
+        batch_interval=args.batch_interval,
+        load_delay=args.load_delay,
+        max_concurrent=args.max_concurrent,
+        tokens_per_second=args.tokens_per_second,
+        queue_timeout=args.queue_timeout,
     )
     stop = asyncio.Event()
     remove_signals = install_stop_signals(stop)
@@ -44,6 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", action="append", default=[], help="node name (repeatable); more via POST /sim/nodes")
     parser.add_argument("--batch-interval", type=float, default=DEFAULT_BATCH_INTERVAL)
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds inference/up takes")
+    parser.add_argument("--max-concurrent", type=int, default=DEFAULT_MAX_CONCURRENT, help="requests served at once")
+    parser.add_argument(
+        "--tokens-per-second", type=float, default=DEFAULT_TOKENS_PER_SECOND, help="a node's token rate"
+    )
+    parser.add_argument(
+        "--queue-timeout", type=float, default=DEFAULT_QUEUE_TIMEOUT, help="seconds a request may wait for a slot"
+    )
     args = parser.parse_args(argv)
     configure_logging()  # logs go to stderr; stdout carries only the ready line
     asyncio.run(_run_standalone(args))

@@ -1,26 +1,24 @@
 """The HTTP routes of the simulated ML nodes.
 
 Under its segment `/nodes/<name>` each node serves the real ML node's management API
-(reference/http.md §6.1, the 409 service-conflict rule included), and on its inference port `/health`,
-`/v1/models`, `/v1/chat/completions` (a deterministic echo) and `/tokenize`.
+(reference/http.md §6.1, the 409 service-conflict rule included), and on its inference port what vLLM
+serves there (`/health`, `/v1/models`, `/v1/chat/completions`, `/tokenize`; see `vllm`).
 
 Outside `/nodes/`, `/sim/...` inspects and drives the simulation (list nodes, the calls each received,
-the batches it posted, add nodes, set faults) for a standalone server (`python -m dapi.devnet.mlnode`).
+the batches it posted, add nodes, set faults, capacity and wrong output) for a standalone
+server (`python -m dapi.devnet.mlnode`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from dapi.devnet.mlnode.faults import FaultSpec, json_or_none
+from dapi.devnet.mlnode import vllm
+from dapi.devnet.mlnode.faults import FaultSpec
 from dapi.devnet.mlnode.node import NODES_PREFIX, PowInitRequest, PowPhase, SimNode
 from dapi.mlnodeclient.models import InferenceUpRequest, MLNodeState, ProofBatch
 
@@ -46,6 +44,18 @@ class AddNodeRequest(BaseModel):
 
     name: str
     load_delay: float | None = None
+    max_concurrent: int | None = Field(default=None, ge=1)
+    tokens_per_second: float | None = Field(default=None, gt=0)
+
+
+class NodePatch(BaseModel):
+    """Body of `PATCH /sim/nodes/{name}`: the fields to change (capacity, wrong output)."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    tokens_per_second: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    queue_timeout: float | None = Field(default=None, ge=0)
+    max_queue: int | None = Field(default=None, ge=0)
+    wrong_output: bool | None = None
 
 
 def build_app(server: SimMLNodeServer) -> FastAPI:
@@ -61,7 +71,7 @@ def build_app(server: SimMLNodeServer) -> FastAPI:
     )
     app.state.sim_server = server
     app.include_router(_management)
-    app.include_router(_inference)
+    app.include_router(vllm.router)
     app.include_router(_sim)
     return app
 
@@ -212,123 +222,6 @@ async def train_status(node: SimNode = _TRAIN_NODE) -> dict[str, Any]:
     return {"status": node.state is MLNodeState.TRAIN}
 
 
-# --- the inference port: a deterministic echo of an OpenAI-compatible server ---------------------
-
-_inference = APIRouter(prefix=NODES_PREFIX + "/{name}")
-
-
-def _not_serving() -> Response:
-    return JSONResponse({"detail": "no inference backend is running"}, status_code=503)
-
-
-@_inference.get("/health")
-async def health(node: SimNode = _ANY_NODE) -> Response:
-    if not node.inference_ready:
-        return _not_serving()
-    return Response(status_code=200)
-
-
-@_inference.get("/v1/models")
-async def models(node: SimNode = _ANY_NODE) -> Response:
-    if not node.inference_ready:
-        return _not_serving()
-    return JSONResponse({"object": "list", "data": [{"id": node.model, "object": "model", "owned_by": "sim"}]})
-
-
-@_inference.post("/v1/chat/completions")
-async def chat_completions(request: Request, node: SimNode = _ANY_NODE) -> Response:
-    if not node.inference_ready:
-        return _not_serving()
-    try:
-        body = await request.json()
-    except ValueError:
-        return JSONResponse({"detail": "body is not JSON"}, status_code=400)
-    if not isinstance(body, dict):
-        return JSONResponse({"detail": "body is not a JSON object"}, status_code=400)
-    if body.get("model") != node.model:
-        return JSONResponse(
-            {
-                "object": "error",
-                "message": f"The model `{body.get('model')}` does not exist.",
-                "type": "NotFoundError",
-                "param": None,
-                "code": 404,
-            },
-            status_code=404,
-        )
-    return _echo_completion(body, node.model)
-
-
-@_inference.post("/tokenize")
-async def tokenize(request: Request, node: SimNode = _ANY_NODE) -> Response:
-    if not node.inference_ready:
-        return _not_serving()
-    body = json_or_none(await request.body())
-    prompt = body.get("prompt", "") if isinstance(body, dict) else ""
-    tokens = list(range(len(str(prompt).split())))
-    return JSONResponse({"count": len(tokens), "max_model_len": 4096, "tokens": tokens})
-
-
-def _echo_completion(body: dict[str, Any], model: str | None) -> Response:
-    """A chat completion (streamed if asked) whose answer is "echo: " and the last message's text."""
-    messages = body.get("messages")
-    text = f"echo: {_last_message_text(messages)}"
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:24]
-    completion_id = f"chatcmpl-sim-{digest}"
-    created = int(time.time())
-    if body.get("stream"):
-        chunks = _echo_chunks(completion_id, created, model, text)
-        return StreamingResponse(chunks, media_type="text/event-stream")
-    prompt_tokens = (
-        sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
-        if isinstance(messages, list)
-        else 0
-    )
-    completion_tokens = len(text.split())
-    return JSONResponse(
-        {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop",
-                    "logprobs": None,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    )
-
-
-def _last_message_text(messages: Any) -> str:
-    last = messages[-1] if isinstance(messages, list) and messages else {}
-    content = last.get("content", "") if isinstance(last, dict) else ""
-    if isinstance(content, list):  # OpenAI content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
-
-
-async def _echo_chunks(completion_id: str, created: int, model: str | None, text: str) -> AsyncIterator[str]:
-    for delta, finish in (({"role": "assistant", "content": text}, None), ({}, "stop")):
-        chunk = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-        yield f"data: {json.dumps(chunk)}\n\n"
-    yield "data: [DONE]\n\n"
-
-
 # --- /sim: inspect and drive the simulation ------------------------------------------------------
 
 _sim = APIRouter(prefix=SIM_PREFIX)
@@ -343,7 +236,12 @@ async def list_nodes(request: Request) -> dict[str, Any]:
 async def add_node(req: AddNodeRequest, request: Request) -> dict[str, Any]:
     server = _server(request)
     try:
-        node = server.add_node(req.name, load_delay=req.load_delay)
+        node = server.add_node(
+            req.name,
+            load_delay=req.load_delay,
+            max_concurrent=req.max_concurrent,
+            tokens_per_second=req.tokens_per_second,
+        )
     except ValueError as exc:
         status = 409 if req.name in {n.name for n in server.nodes} else 400
         raise HTTPException(status, str(exc)) from exc
@@ -352,6 +250,19 @@ async def add_node(req: AddNodeRequest, request: Request) -> dict[str, Any]:
 
 @_sim.get("/nodes/{name}")
 async def get_node_info(node: SimNode = _ANY_NODE) -> dict[str, Any]:
+    return node.snapshot()
+
+
+@_sim.patch("/nodes/{name}")
+async def patch_node(patch: NodePatch, node: SimNode = _ANY_NODE) -> dict[str, Any]:
+    node.capacity.configure(
+        max_concurrent=patch.max_concurrent,
+        tokens_per_second=patch.tokens_per_second,
+        queue_timeout=patch.queue_timeout,
+        max_queue=patch.max_queue,
+    )
+    if patch.wrong_output is not None:
+        node.wrong_output = patch.wrong_output
     return node.snapshot()
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from dapi.devnet.mlnode.node import NODES_PREFIX, RecordedCall, SimNode
+from dapi.devnet.mlnode.vllm import BackendGone
 from dapi.logs import get_logger
 
 if TYPE_CHECKING:
@@ -125,7 +126,10 @@ class FaultsAndRecording:
             if fault.status is not None:
                 await _send_json(send, fault.status, {"detail": "simulated fault"})
                 return
-        await self._app(scope, _replay(body, receive), send)
+        try:
+            await self._app(scope, _replay(body, receive), send)
+        except* BackendGone:
+            await _drop_connection(send, receive)  # a vLLM that ends mid-stream leaves a cut connection
 
     async def _hold(self, send: ASGISend, receive: ASGIReceive) -> None:
         disconnected = asyncio.ensure_future(_wait_disconnect(receive))

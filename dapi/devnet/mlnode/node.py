@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from pydantic import BaseModel, Field
 
+from dapi.devnet.mlnode.capacity import NodeCapacity, tokens_per_second_of
 from dapi.devnet.mlnode.pocmath import sim_dist, validate_proof_batch
 from dapi.logs import get_logger
 from dapi.mlnodeclient.models import InferenceUpRequest, MLNodeState, ProofBatch, ValidatedBatch
@@ -97,12 +98,17 @@ class SimNode:
         load_delay: seconds an inference/up takes before the node serves.
         inference_up_error: when set, the next inference/up answers the real node's failure shape
             (200 `{"status": "ERROR", "message": ...}`) with this message, and the field clears.
+        capacity: its request slots and token rate (`SimMLNodeServer.add_node` builds it).
+        wrong_output: serve answers of a wrong model (self-consistent, but an honest re-run with
+            `enforced_str` does not reproduce their logprobs), for validation to catch.
     """
 
     name: str
     server: SimMLNodeServer = field(repr=False)
     load_delay: float = 0.0
     inference_up_error: str | None = None
+    capacity: NodeCapacity = field(default_factory=NodeCapacity)
+    wrong_output: bool = False
 
     state: MLNodeState = MLNodeState.STOPPED
     pow_phase: PowPhase | None = None
@@ -111,6 +117,7 @@ class SimNode:
     dtype: str | None = None
     args: list[str] = field(default_factory=list)
     inference_ready: bool = False
+    serving_run: int = 0  # counts the times a loaded model went away; answers in progress end then
     inference_ups: list[InferenceUpRequest] = field(default_factory=list)
     training_config: dict[str, Any] | None = None
 
@@ -160,6 +167,8 @@ class SimNode:
             "dtype": self.dtype,
             "args": list(self.args),
             "inference_ready": self.inference_ready,
+            "wrong_output": self.wrong_output,
+            "capacity": self.capacity.snapshot(),
             "generated_batches_posted": len(self.generated_posted),
             "validated_batches_posted": len(self.validated_posted),
             "generated_nonces_total": self.generated_nonces_total,
@@ -171,6 +180,10 @@ class SimNode:
             "loop_error": self.loop_error,
             "last_post_error": self.last_post_error,
         }
+
+    def set_throughput(self, tokens_per_block: float, block_time: float) -> None:
+        """Serve at the chain's figure for this node (`MLNodeInfo.throughput`, tokens per block)."""
+        self.capacity.configure(tokens_per_second=tokens_per_second_of(tokens_per_block, block_time))
 
     # --- transitions (each mirrors the real node's route of the same name) ---
 
@@ -230,6 +243,8 @@ class SimNode:
         if self._load_aborted is not None:
             self._load_aborted.set()  # an inference/up still loading ends now and does not come up
             self._load_aborted = None
+        if self.inference_ready:
+            self.serving_run += 1  # like a vLLM process ending: requests it was serving are cut off
         self.inference_ready = False
         self.model, self.dtype, self.args = None, None, []
 

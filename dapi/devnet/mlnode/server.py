@@ -16,6 +16,12 @@ from collections.abc import Iterable
 import httpx
 
 from dapi.devnet.mlnode.app import build_app
+from dapi.devnet.mlnode.capacity import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_TOKENS_PER_SECOND,
+    NodeCapacity,
+)
 from dapi.devnet.mlnode.faults import ASGIApp, FaultsAndRecording, FaultSpec
 from dapi.devnet.mlnode.node import DEFAULT_BATCH_INTERVAL, NODES_PREFIX, RecordedCall, SimNode
 from dapi.runtime.serving import EmbeddedServer
@@ -39,6 +45,11 @@ class SimMLNodeServer:
         nonces_per_batch: nonces a generating node tries per interval (the ones below r_target are sent).
         load_delay: default seconds an inference/up takes, for nodes added without their own.
         callback_timeout: timeout in seconds of the batch POSTs to the daemon's callback URLs.
+        max_concurrent: default requests a node serves at once (`capacity.NodeCapacity`).
+        tokens_per_second: default token rate of a node; a node's chain throughput in tokens per block
+            becomes a rate with `SimNode.set_throughput(tokens_per_block, block_time)`.
+        queue_timeout: seconds a request beyond `max_concurrent` may wait for a slot before its 503.
+        max_queue: requests that may wait at once per node; None: as many as `max_concurrent`.
     """
 
     def __init__(
@@ -50,9 +61,24 @@ class SimMLNodeServer:
         nonces_per_batch: int = 32,
         load_delay: float = 0.0,
         callback_timeout: float = 5.0,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        max_queue: int | None = None,
     ) -> None:
         if batch_interval <= 0 or nonces_per_batch <= 0:
             raise ValueError("batch_interval and nonces_per_batch must be positive")
+        # Checked here, so that a bad figure fails at construction rather than at the first add_node.
+        NodeCapacity(
+            max_concurrent=max_concurrent,
+            tokens_per_second=tokens_per_second,
+            queue_timeout=queue_timeout,
+            max_queue=max_queue,
+        )
+        self.max_concurrent = max_concurrent
+        self.tokens_per_second = tokens_per_second
+        self.queue_timeout = queue_timeout
+        self.max_queue = max_queue
         self.host = host
         self.batch_interval = batch_interval
         self.nonces_per_batch = nonces_per_batch
@@ -126,12 +152,31 @@ class SimMLNodeServer:
 
     # --- nodes ---
 
-    def add_node(self, name: str, *, load_delay: float | None = None) -> SimNode:
+    def add_node(
+        self,
+        name: str,
+        *,
+        load_delay: float | None = None,
+        max_concurrent: int | None = None,
+        tokens_per_second: float | None = None,
+    ) -> SimNode:
+        """A new node (STOPPED); capacity figures not given are the server's defaults."""
         if not _NODE_NAME_RE.match(name):
             raise ValueError(f"node name {name!r} must match {_NODE_NAME_RE.pattern}")
         if name in self._nodes:
             raise ValueError(f"node {name!r} already exists")
-        node = SimNode(name=name, server=self, load_delay=self.default_load_delay if load_delay is None else load_delay)
+        capacity = NodeCapacity(
+            max_concurrent=self.max_concurrent if max_concurrent is None else max_concurrent,
+            tokens_per_second=self.tokens_per_second if tokens_per_second is None else tokens_per_second,
+            queue_timeout=self.queue_timeout,
+            max_queue=self.max_queue,
+        )
+        node = SimNode(
+            name=name,
+            server=self,
+            load_delay=self.default_load_delay if load_delay is None else load_delay,
+            capacity=capacity,
+        )
         self._nodes[name] = node
         return node
 
@@ -203,10 +248,20 @@ async def start_sim_mlnodes(
     batch_interval: float = DEFAULT_BATCH_INTERVAL,
     nonces_per_batch: int = 32,
     load_delay: float = 0.0,
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+    tokens_per_second: float = DEFAULT_TOKENS_PER_SECOND,
+    queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
 ) -> SimMLNodeServer:
     """Start a server with `names` already added (for `dapi devnet`); the caller must `await srv.stop()`."""
     server = SimMLNodeServer(
-        host=host, port=port, batch_interval=batch_interval, nonces_per_batch=nonces_per_batch, load_delay=load_delay
+        host=host,
+        port=port,
+        batch_interval=batch_interval,
+        nonces_per_batch=nonces_per_batch,
+        load_delay=load_delay,
+        max_concurrent=max_concurrent,
+        tokens_per_second=tokens_per_second,
+        queue_timeout=queue_timeout,
     )
     for name in names:
         server.add_node(name)
