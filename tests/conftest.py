@@ -18,7 +18,9 @@ from log_capture import LogLines, capture_logs
 
 from dapi.broker import Broker
 from dapi.chain.outbox import Outbox
+from dapi.devnet.genesis import DevnetGenesis, load_genesis
 from dapi.devnet.mlnode import SimMLNodeServer
+from dapi.devnet.network import SimulatedNetwork
 from dapi.gen.inference.inference.model_pb2 import Model
 
 
@@ -92,3 +94,16 @@ def log_lines() -> Iterator[LogLines]:
     """Every log line of the test, parsed (see log_capture)."""
     with capture_logs() as lines:
         yield lines
+
+
+@pytest.fixture
+def genesis() -> DevnetGenesis:
+    """The devnet's default genesis (config/devnet.yaml's values)."""
+    return load_genesis(None)
+
+
+@pytest.fixture
+async def devnet() -> AsyncIterator[SimulatedNetwork]:
+    """The whole simulated network on loopback (ports chosen by the OS), with 20 ms blocks."""
+    async with SimulatedNetwork(block_time=0.02) as running:
+        yield running

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -27,15 +26,6 @@ from dapi.gen.inference.inference import hardware_node_pb2
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.mlnodeclient.models import ProofBatch
 from dapi.runtime.serving import start_server
-
-BLOCK_TIME = 0.02
-
-
-@pytest.fixture
-async def devnet() -> AsyncIterator[SimulatedNetwork]:
-    async with SimulatedNetwork(block_time=BLOCK_TIME) as running:
-        yield running
-
 
 # The devnet's default genesis (config/devnet.yaml), by hand: participants own, peer1, peer2; node k of each
 # declares node_models[(k-1) mod 2], so node1 and node3 serve Qwen2.5-7B, node2 and node4 QwQ-32B; the models'

@@ -21,7 +21,7 @@ from inference_msgs import QWEN, QWQ, finish_msg, make_request, start_msg
 
 from dapi.chain.keys import SigningKey
 from dapi.chain.tx import TxSigner
-from dapi.devnet.genesis import ClientSpec, DevnetGenesis, ParticipantSpec, load_genesis
+from dapi.devnet.genesis import ClientSpec, DevnetGenesis, ParticipantSpec
 from dapi.devnet.ledger import CODESPACE_INFERENCE, CODESPACE_SDK, InferenceCode, Ledger, SdkCode, TxRecord
 from dapi.devnet.ledger.executors import Candidate, ExecutorUnavailable, draw, executor_candidates
 from dapi.devnet.ledger.inferences import InferenceStatus
@@ -35,11 +35,6 @@ from dapi.inference.signatures import ClientScheme, dev_signed_bytes, sign, ta_s
 
 READY = 55  # epoch 1 effective, Inference phase
 PRICE = 1000  # no dynamic price: the chain's default per-token cost
-
-
-@pytest.fixture
-def genesis() -> DevnetGenesis:
-    return load_genesis(None)
 
 
 @pytest.fixture

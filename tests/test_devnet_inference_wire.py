@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,17 +26,15 @@ from dapi.devnet.wire.inference_queries import STORE_KEY_PATH, active_participan
 from dapi.gen.inference.inference import activeparticipants_pb2, participant_pb2
 from dapi.gen.inference.inference import query_pb2 as q
 
-BLOCK_TIME = 0.02
 READY = 55  # epoch 1 effective (switch at 53), Inference phase
 Q = "/inference.inference.Query/"
 START_URL = "/inference.inference.MsgStartInference"
 
 
 @pytest.fixture
-async def devnet() -> AsyncIterator[SimulatedNetwork]:
-    async with SimulatedNetwork(block_time=BLOCK_TIME) as running:
-        await running.wait_for_height(READY)
-        yield running
+async def devnet(devnet: SimulatedNetwork) -> SimulatedNetwork:
+    await devnet.wait_for_height(READY)
+    return devnet
 
 
 def signer(devnet: SimulatedNetwork, who: ParticipantSpec) -> TxSigner:

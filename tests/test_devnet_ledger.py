@@ -27,11 +27,6 @@ P1 = 40
 
 
 @pytest.fixture
-def genesis() -> DevnetGenesis:
-    return load_genesis(None)
-
-
-@pytest.fixture
 def ledger(genesis: DevnetGenesis) -> Ledger:
     return Ledger(genesis)
 

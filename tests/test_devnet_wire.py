@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -27,14 +26,7 @@ from dapi.devnet.ledger import CODESPACE_INFERENCE, CODESPACE_SDK, InferenceCode
 from dapi.gen.inference.inference import query_pb2 as q
 from dapi.gen.inference.inference import tx_pb2 as itx
 
-BLOCK_TIME = 0.02
 P1 = 40  # epoch 1's PoC start; exchange window [41, 48]
-
-
-@pytest.fixture
-async def devnet() -> AsyncIterator[SimulatedNetwork]:
-    async with SimulatedNetwork(block_time=BLOCK_TIME) as running:
-        yield running
 
 
 async def signer(devnet: SimulatedNetwork, who: ParticipantSpec, query: ChainQuery) -> TxSigner:
