@@ -37,6 +37,9 @@ class Nodes:
     def poc_stage_hash(self, height: int) -> str | None:
         return STAGE[1] if height == STAGE[0] else None
 
+    def closed_window(self, stage_height: int, *, validation: bool) -> tuple[int, int] | None:
+        return None
+
 
 class NeverSends:
     async def broadcast(self, raw: bytes) -> Any:

@@ -30,8 +30,9 @@ class Metrics:
         )
         self.batches_refused = Counter(
             "dapi_poc_batches_refused",
-            "PoC batches refused as not from an own ML node: unknown callback URL, shared route off, "
-            "another participant's key, or a PoC stage the nodes were never started for",
+            "PoC batches refused: not from an own ML node (unknown callback URL, shared route off, another "
+            "participant's key, a PoC stage the nodes were never started for) or late (reason 'late': the "
+            "stage's exchange window had closed)",
             ["kind", "reason"], registry=r,
         )
         self.txs_landed = Counter("dapi_txs_landed", "Transactions included with code 0", ["type"], registry=r)
@@ -45,9 +46,11 @@ class Metrics:
     def batches_accepted_count(self, kind: str = "generated") -> int:
         return int(self.batches_accepted.labels(kind=kind)._value.get())
 
-    def batches_refused_count(self) -> int:
+    def batches_refused_count(self, *, late: bool | None = None) -> int:
+        """Refused batches: all (None), only those refused as late (True), or all but those (False)."""
         return int(sum(sample.value for metric in self.batches_refused.collect() for sample in metric.samples
-                       if sample.name.endswith("_total")))
+                       if sample.name.endswith("_total")
+                       and (late is None or (sample.labels.get("reason") == "late") is late)))
 
     def outbox_depth_value(self) -> int:
         return int(self.outbox_depth._value.get())

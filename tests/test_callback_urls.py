@@ -190,10 +190,11 @@ async def test_an_unknown_or_removed_nodes_url_is_refused(
     # the old one stays dead.
     again = await mining(broker, sim, "n2", epoch=Epoch(2, 80))
     assert again["n2"] != paths["n2"]
-    assert (await ml.http.post(paths["n2"] + "/generated", json=generated(node_id=2))).status_code == 404
-    assert (await ml.http.post(again["n2"] + "/generated", json=generated(node_id=2))).status_code == 200
+    assert (await ml.http.post(paths["n2"] + "/generated", json=generated(80, node_id=2))).status_code == 404
+    assert (await ml.http.post(again["n2"] + "/generated", json=generated(80, node_id=2))).status_code == 200
     assert [b.node_id for b in posted_here(outbox)] == ["n2"]
-    assert ml.metrics.batches_refused_count() == 4
+    # (n1, still mining for stage 40, has its batches refused as late once the state is past that window.)
+    assert ml.metrics.batches_refused_count(late=False) == 4
 
 
 @pytest.mark.parametrize(
@@ -231,16 +232,26 @@ async def test_validated_batches_on_a_nodes_url_are_queued_as_validations(
     assert validation.poc_stage_start_block_height == STAGE and validation.fraud_detected
 
 
-async def test_batches_of_the_stage_that_just_ended_are_still_accepted(
+async def test_a_recent_stage_is_late_once_its_window_closed_and_a_forgotten_one_unknown(
         broker: Broker, sim: SimMLNodeServer, ml: Callbacks, outbox: Outbox) -> None:
-    # Late or not is the chain's call (its exchange window); we refuse only stages our nodes never had.
+    # A batch of a stage our nodes had is accepted while the chain can still take it; once the daemon has
+    # processed the last block of its exchange window the chain would refuse it (1108), so it is 410 —
+    # never answered 200 to become a dead letter. A stage the nodes never had (or long forgotten) is 400.
     epochs = [Epoch(i, 40 * i) for i in range(1, KEPT_STAGES + 2)]
     paths = await mining(broker, sim, "n1", epoch=epochs[0])
     await stop_mining(broker, sim, "n1")
+    in_window = await ml.http.post(paths["n1"] + "/generated", json=generated(STAGE))
+    assert in_window.status_code == 200, in_window.text
+    window_end = EpochContext.for_epoch(epochs[0], PARAMS).poc_exchange_window.end
+    broker.set_epoch_state(EpochState.at_height(epochs[0], PARAMS, window_end - 1))
+    assert (await ml.http.post(paths["n1"] + "/generated", json=generated(STAGE))).status_code == 200
+    broker.set_epoch_state(EpochState.at_height(epochs[0], PARAMS, window_end))
+    late = await ml.http.post(paths["n1"] + "/generated", json=generated(STAGE))
+    assert late.status_code == 410, late.text
+    assert f"closed at block {window_end}" in late.json()["error"]
     await mining(broker, sim, "n1", epoch=epochs[1])
     await stop_mining(broker, sim, "n1")
-    late = await ml.http.post(paths["n1"] + "/generated", json=generated(STAGE))
-    assert late.status_code == 200, late.text
+    assert (await ml.http.post(paths["n1"] + "/generated", json=generated(STAGE))).status_code == 410
     for epoch in epochs[2:]:
         await mining(broker, sim, "n1", epoch=epoch)
         await stop_mining(broker, sim, "n1")
@@ -248,6 +259,7 @@ async def test_batches_of_the_stage_that_just_ended_are_still_accepted(
     assert forgotten.status_code == 400 and forgotten.json()["error"].startswith("block_height: ")
     current = epochs[-1].poc_start_block_height
     assert (await ml.http.post(paths["n1"] + "/generated", json=generated(current))).status_code == 200
+    assert (ml.metrics.batches_refused_count(late=True), ml.metrics.batches_refused_count(late=False)) == (2, 1)
 
 
 async def test_secret_and_stage_survive_a_restart_and_a_node_generating_across_it_is_heard(

@@ -51,6 +51,9 @@ class Nodes:
     def poc_stage_hash(self, height: int) -> str | None:
         return None
 
+    def closed_window(self, stage_height: int, *, validation: bool) -> tuple[int, int] | None:
+        return None
+
 
 @pytest.fixture
 async def apps(tmp_path: Path) -> AsyncIterator[dict[str, FastAPI]]:

@@ -52,6 +52,9 @@ class Nodes:
     def poc_stage_hash(self, height: int) -> str | None:
         return {10: "H"}.get(height)
 
+    def closed_window(self, stage_height: int, *, validation: bool) -> tuple[int, int] | None:
+        return None
+
 
 @pytest.fixture
 async def client(outbox: Outbox) -> AsyncIterator[httpx.AsyncClient]:

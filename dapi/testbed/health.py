@@ -161,7 +161,10 @@ class HealthWatch:
     async def verdict(self) -> dict[str, Any]:
         daemon = self.session.daemon
         accepted = daemon.metrics.batches_accepted_count()
-        refused = daemon.metrics.batches_refused_count()
+        # A batch posted after its exchange window closed is refused (410) rather than left to die on
+        # chain: a slow ML node's loss, reported, but not a fault of the daemon.
+        refused = daemon.metrics.batches_refused_count(late=False)
+        late = daemon.metrics.batches_refused_count(late=True)
         assert daemon.outbox is not None
         counts = await daemon.outbox.counts()
         dead = await daemon.outbox.dead_letters()
@@ -182,7 +185,7 @@ class HealthWatch:
             "epochs_formed": self.formed,
             "poc": [c.as_json() for c in self.poc],
             "models": [c.as_json() for c in self.models],
-            "batches": {"accepted": accepted, "landed": landed, "refused": refused,
+            "batches": {"accepted": accepted, "landed": landed, "refused": refused, "late": late,
                         "without_node_id": self.own_batches_without_node},
             "outbox": counts,
         }

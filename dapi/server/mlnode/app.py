@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from dapi.broker import Broker
+from dapi.chain.epochs import EpochContext
 from dapi.chain.keys import address_from_key_bytes, public_key_from_hex
 from dapi.chain.outbox import OutboxClosed, TxSink
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch, MsgSubmitPocValidation
@@ -48,6 +49,10 @@ class NodeLookup(Protocol):
 
     def poc_stage_hash(self, height: int) -> str | None: ...
 
+    def closed_window(self, stage_height: int, *, validation: bool) -> tuple[int, int] | None:
+        """(window end, processed height) when the stage's exchange window has closed, else None."""
+        ...
+
 
 class BrokerNodes:
     """The broker as the callback server sees it (a :class:`NodeLookup`): ids of nodes, hashes of PoC stages."""
@@ -64,6 +69,16 @@ class BrokerNodes:
 
     def poc_stage_hash(self, height: int) -> str | None:
         return self.broker.poc_stage_hash(height)
+
+    def closed_window(self, stage_height: int, *, validation: bool) -> tuple[int, int] | None:
+        # The next block the tx could join is processed + 1: once the daemon has processed the window's
+        # last height, the chain will refuse the batch (code 1108), so it is not accepted.
+        state = self.broker.epoch_state
+        if state is None or not state.synced or stage_height <= 0:
+            return None
+        ctx = EpochContext(max(state.latest_epoch_index, 1), stage_height, state.epoch_params)
+        end = (ctx.validation_exchange_window if validation else ctx.poc_exchange_window).end
+        return (end, state.block_height) if state.block_height >= end else None
 
 
 class BatchSink(TxSink, Protocol):
@@ -296,6 +311,14 @@ def create_mlnode_app(
         log.warning("PoC batch refused", kind=kind, reason=reason, error=message, **fields)
         return ApiError(status, message)
 
+    def late(lookup: NodeLookup, kind: str, stage_height: int, node_id: str) -> None:
+        closed = lookup.closed_window(stage_height, validation=kind == "validated")
+        if closed is not None:
+            end, processed = closed
+            raise refused(kind, "late", 410, f"the exchange window of the PoC stage at {stage_height} closed at "
+                          f"block {end} (this API node is at {processed}): the chain would refuse it",
+                          node_id=node_id)
+
     def owner(secret: str, kind: str, request: Request) -> str:
         node_id = nodes.node_id_by_secret(secret)
         if node_id is None:
@@ -314,6 +337,7 @@ def create_mlnode_app(
                           node_id=node_id)
         if (problem := _stage_problem(nodes, body, height)) is not None:
             raise refused("generated", "stage", 400, problem, node_id=node_id)
+        late(nodes, "generated", height, node_id)
         claimed = body.get("node_id") or 0
         if claimed and nodes.node_id_by_num(claimed) != node_id:
             log.warning("PoC batch claims another node's number; attributed to the node whose URL it came on",
@@ -328,6 +352,7 @@ def create_mlnode_app(
         msg = _validation_msg(body, account_address)
         if (problem := _stage_problem(nodes, body, msg.poc_stage_start_block_height)) is not None:
             raise refused("validated", "stage", 400, problem, node_id=node_id)
+        late(nodes, "validated", msg.poc_stage_start_block_height, node_id)
         return await queue(msg, "validated")
 
     # --- the reference's shared routes ---
@@ -360,7 +385,7 @@ def create_mlnode_app(
            "attributed by the node number it claims.") for prefix in ("/v1", "/mlnode/v1")),
     ]
     for path, on_generated, on_validated, legacy, description in routes:
-        statuses = (400, 404, 413, 503)
+        statuses = (400, 404, 413, 503) if legacy else (400, 404, 410, 413, 503)
         for kind, handler, model in (("generated", on_generated, ProofBatchBody),
                                      ("validated", on_validated, ValidatedBatchBody)):
             doc = {"requestBody": {"required": True, "content": {"application/json": {
