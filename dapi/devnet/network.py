@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dapi.chain.epochs import Epoch
+from dapi.devnet.capacity_wiring import apply_epoch_throughput
 from dapi.devnet.daemon_config import DaemonConfigFiles, DaemonPorts, write_daemon_config
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, DevnetGenesis, ParticipantSpec, load_genesis
 from dapi.devnet.ledger import CODESPACE_SDK, Block, EpochReport, Ledger, SdkCode
@@ -114,6 +115,7 @@ class SimulatedNetwork:
             self._running.set()
         self._block_event = asyncio.Event()
         self._pause_at: int | None = None
+        self._capacity_epoch = -1  # the effective epoch whose throughput the sim nodes serve at
         self._tasks = TaskOwner("devnet")
         self._crash: BaseException | None = None
         self._started = False
@@ -178,12 +180,23 @@ class SimulatedNetwork:
             self.peers.on_block(block)
         except Exception:  # a peer bug must not stop the chain
             log.exception("devnet peers failed on a block", height=block.height)
+        self._apply_capacity()
         self.rpc.publish(block)
         if self._pause_at is not None and block.height >= self._pause_at:
             self._pause_at = None
             self._running.clear()
         self._pulse()
         return block
+
+    def _apply_capacity(self) -> None:
+        """When an epoch becomes effective, every sim ML node serves at its chain throughput (DESIGN §6.1)."""
+        epoch_index = self.ledger.effective_epoch().index
+        if epoch_index == self._capacity_epoch:
+            return
+        self._capacity_epoch = epoch_index
+        applied = apply_epoch_throughput(self.ledger, epoch_index, self.own.address, self.mlnodes, self.block_time)
+        if applied:
+            log.info("devnet sim nodes serve their chain throughput", epoch=epoch_index, tokens_per_block=applied)
 
     def _pulse(self) -> None:
         event, self._block_event = self._block_event, asyncio.Event()
