@@ -23,12 +23,15 @@ def epoch_throughput(ledger: Ledger, epoch_index: int, address: str) -> dict[str
 
 
 def apply_epoch_throughput(
-    ledger: Ledger, epoch_index: int, address: str, server: SimMLNodeServer, block_time: float
+    ledger: Ledger, epoch_index: int, address: str, server: SimMLNodeServer, block_time: float, *, prefix: str = ""
 ) -> dict[str, int]:
-    """Set the rate of `server`'s nodes to `address`'s chain figures; returns the figures applied."""
+    """Set the rate of `server`'s nodes to `address`'s chain figures; returns the figures applied.
+
+    The sim node of chain node id `n` is `server`'s node `prefix + n`.
+    """
     applied: dict[str, int] = {}
     for node_id, throughput in epoch_throughput(ledger, epoch_index, address).items():
-        node = server.find_node(node_id)
+        node = server.find_node(prefix + node_id)
         if node is None or throughput <= 0:
             continue
         node.set_throughput(tokens_per_block=throughput, block_time=block_time)
