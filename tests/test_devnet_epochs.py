@@ -29,11 +29,11 @@ from dapi.runtime.serving import start_server
 
 # The devnet's default genesis (config/devnet.yaml), by hand: participants own, peer1, peer2; node k of each
 # declares node_models[(k-1) mod 2], so node1 and node3 serve Qwen2.5-7B, node2 and node4 QwQ-32B; the models'
-# throughput_per_nonce (chain-logic.md §14) are 10000 and 1000. A peer tries 48 + 16·((k-1) mod 3) nonces with
+# throughput_per_nonce (config/devnet.yaml; mainnet: 10000 and 1000) are 10 and 5. A peer tries 48 + 16·((k-1) mod 3) nonces with
 # node k (48, 64, 80, 48) and keeps those below r_target, so a node's weight is at most that.
 QWQ, QWEN7 = "Qwen/QwQ-32B", "Qwen/Qwen2.5-7B-Instruct"
 DECLARED = {"node1": QWEN7, "node2": QWQ, "node3": QWEN7, "node4": QWQ}
-THROUGHPUT_PER_NONCE = {QWQ: 1000, QWEN7: 10000}
+THROUGHPUT_PER_NONCE = {QWQ: 5, QWEN7: 10}
 ATTEMPTS = {"node1": 48, "node2": 64, "node3": 80, "node4": 48}
 # Settlement (chain-logic.md §13 golden values for initial 323e12, decay -0.000475): n = epoch - genesis_epoch 1.
 EPOCH_REWARD = {1: 323_000_000_000_000, 2: 322_846_611_432_668}

@@ -39,6 +39,9 @@ from dapi.testbed.command import run_no_daemon
 REPO = Path(__file__).resolve().parents[1]
 
 
+QWQ_ID, QWEN7_ID = "Qwen/QwQ-32B", "Qwen/Qwen2.5-7B-Instruct"
+
+
 def test_config_devnet_yaml_is_the_built_in_default() -> None:
     assert DEFAULT_GENESIS_PATH == REPO / "config" / "devnet.yaml"
     assert yaml.safe_load(DEFAULT_GENESIS_PATH.read_text()) == DEFAULT_SPEC
@@ -56,8 +59,11 @@ def _participant(p: ParticipantSpec) -> tuple[object, ...]:
 def test_default_genesis_follows_the_design() -> None:
     genesis = load_genesis(None)
     assert genesis.epoch_params == DEVNET_EPOCH_PARAMS
-    # The two genesis models of chain-logic.md §14, field for field as the schedule package has them.
-    assert genesis.models == tuple(GENESIS_MODELS)
+    # The two genesis models of chain-logic.md §14, field for field as the schedule package has them, but
+    # for a throughput per nonce that gives a devnet node a few hundred tokens per block (DESIGN.md §6.1).
+    assert genesis.models == tuple(
+        dataclasses.replace(m, throughput_per_nonce={QWQ_ID: 5, QWEN7_ID: 10}[m.id]) for m in GENESIS_MODELS)
+    assert [m.throughput_per_nonce for m in GENESIS_MODELS] == [1000, 10000]  # mainnet's
     assert [p.name for p in genesis.participants] == ["own", "peer1", "peer2"]
     assert genesis.own.own and not any(p.own for p in genesis.peers)
     for p in genesis.participants:

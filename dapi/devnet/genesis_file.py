@@ -7,6 +7,7 @@ chain starts from.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -18,6 +19,7 @@ from dapi.devnet.schedule.records import Decimal, Hardware, Model
 
 __all__ = [
     "DEFAULT_SPEC",
+    "DEVNET_THROUGHPUT_PER_NONCE",
     "BandwidthLimits",
     "ClientsSection",
     "DynamicPricingParams",
@@ -27,7 +29,20 @@ __all__ = [
     "PocModuleParams",
     "RewardParams",
     "ValidationParams",
+    "devnet_models",
 ]
+
+
+# DESIGN.md §6.1: a simulated node serves its chain throughput, poc_weight x throughput_per_nonce tokens per
+# block. Mainnet's figures (1000 and 10000 per nonce) would give a devnet node hundreds of thousands of tokens
+# per block; with these, a peer node of 34-56 weight (nonces_per_node 48 and up) serves a few hundred.
+DEVNET_THROUGHPUT_PER_NONCE = {"Qwen/QwQ-32B": 5, "Qwen/Qwen2.5-7B-Instruct": 10}
+
+
+def devnet_models() -> list[Model]:
+    """The genesis models of the devnet: the reference's two, with the devnet's throughput per nonce."""
+    return [replace(m, throughput_per_nonce=DEVNET_THROUGHPUT_PER_NONCE.get(m.id, m.throughput_per_nonce))
+            for m in GENESIS_MODELS]
 
 
 # --- the file: pydantic models whose fields hold the defaults ----------------------------------------
@@ -217,8 +232,10 @@ class GenesisFile(_Section):
     bandwidth_limits_params: BandwidthLimits = BandwidthLimits()
     dynamic_pricing_params: DynamicPricingParams = DynamicPricingParams()
     rewards: RewardParams = RewardParams()
-    # The two genesis models of reference/chain-logic.md §14 (mainnet values), as the schedule package has them.
-    models: list[_ModelSpec] = Field(default_factory=lambda: [_ModelSpec.of(m) for m in GENESIS_MODELS], min_length=1)
+    # The two genesis models of reference/chain-logic.md §14 (mainnet values, as the schedule package has them)
+    # but for throughput_per_nonce (DEVNET_THROUGHPUT_PER_NONCE).
+    models: list[_ModelSpec] = Field(default_factory=lambda: [_ModelSpec.of(m) for m in devnet_models()],
+                                     min_length=1)
     participants: ParticipantsSection = ParticipantsSection()
     clients: ClientsSection = ClientsSection()
     peers: PeerBehaviour = PeerBehaviour()

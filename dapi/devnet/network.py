@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from dapi.chain.epochs import Epoch
+from dapi.devnet.capacity_wiring import apply_epoch_throughput
 from dapi.devnet.daemon_config import DaemonConfigFiles, DaemonPorts, write_daemon_config
+from dapi.devnet.executor import PeerExecutors
 from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, DevnetGenesis, ParticipantSpec, load_genesis
 from dapi.devnet.ledger import CODESPACE_SDK, Block, EpochReport, Ledger, SdkCode
 from dapi.devnet.mlnode import SimMLNodeServer
@@ -45,8 +47,9 @@ class SimulatedNetwork:
         produce_blocks: False starts with the block timer paused (use `step()` or `resume_blocks()`).
 
     Attributes: `genesis`, `ledger` (Ledger: state, stored batches/validations/seeds/claims, groups,
-    tx results), `peers` (PeerSimulator), `mlnodes` (SimMLNodeServer with the own participant's nodes
-    node1..nodeM), `own` (the own ParticipantSpec: address, account and signer keys, nodes),
+    tx results), `peers` (PeerSimulator), `executors` (PeerExecutors: the peers' inference servers at their
+    inference_url, their sim ML nodes, the Finishes they sent), `mlnodes` (SimMLNodeServer with the own
+    participant's nodes node1..nodeM), `own` (the own ParticipantSpec: address, account and signer keys, nodes),
     `rpc_url`, `websocket_url`, `grpc_target`, `mlnode_url`.
 
     Hooks for tests and the daemon's end-to-end tests:
@@ -98,6 +101,7 @@ class SimulatedNetwork:
         self.host = host
         self.ledger = Ledger(genesis)
         self.peers = PeerSimulator(self.ledger, genesis)
+        self.executors = PeerExecutors(self.ledger, genesis, self.peers, host=host, block_time=self.block_time)
         self.router = QueryRouter(self.ledger)
         self.rpc = CometRpcServer(self.ledger, self.router, host=host, port=rpc_port)
         self.grpc = DevnetGrpcServer(self.ledger, self.router, host=host, port=grpc_port)
@@ -114,6 +118,7 @@ class SimulatedNetwork:
             self._running.set()
         self._block_event = asyncio.Event()
         self._pause_at: int | None = None
+        self._capacity_epoch = -1  # the effective epoch whose throughput the sim nodes serve at
         self._tasks = TaskOwner("devnet")
         self._crash: BaseException | None = None
         self._started = False
@@ -126,6 +131,7 @@ class SimulatedNetwork:
         self._started = True
         try:
             await self.mlnodes.start()
+            await self.executors.start()
             await self.grpc.start()
             await self.rpc.start()
         except BaseException:
@@ -139,6 +145,7 @@ class SimulatedNetwork:
         await self._tasks.stop()
         await self.rpc.stop()
         await self.grpc.stop()
+        await self.executors.stop()
         await self.mlnodes.stop()
 
     async def __aenter__(self) -> SimulatedNetwork:
@@ -178,12 +185,27 @@ class SimulatedNetwork:
             self.peers.on_block(block)
         except Exception:  # a peer bug must not stop the chain
             log.exception("devnet peers failed on a block", height=block.height)
+        try:
+            self.executors.on_block(block)
+        except Exception:
+            log.exception("devnet executors failed on a block", height=block.height)
+        self._apply_capacity()
         self.rpc.publish(block)
         if self._pause_at is not None and block.height >= self._pause_at:
             self._pause_at = None
             self._running.clear()
         self._pulse()
         return block
+
+    def _apply_capacity(self) -> None:
+        """When an epoch becomes effective, every sim ML node serves at its chain throughput (DESIGN §6.1)."""
+        epoch_index = self.ledger.effective_epoch().index
+        if epoch_index == self._capacity_epoch:
+            return
+        self._capacity_epoch = epoch_index
+        applied = apply_epoch_throughput(self.ledger, epoch_index, self.own.address, self.mlnodes, self.block_time)
+        if applied:
+            log.info("devnet sim nodes serve their chain throughput", epoch=epoch_index, tokens_per_block=applied)
 
     def _pulse(self) -> None:
         event, self._block_event = self._block_event, asyncio.Event()

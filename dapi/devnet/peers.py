@@ -181,6 +181,10 @@ class PeerSimulator:
 
     # --- actions ---
 
+    def submit(self, peer: str, kind: str, message: Message) -> CheckTxResult:
+        """Sign `message` as the peer (its signer key, authz) and pass it through CheckTx, now."""
+        return self._submit(self._peers[peer], kind, message, self.ledger.height)
+
     def _submit(self, peer: _Peer, kind: str, message: Message, height: int) -> CheckTxResult:
         signed = peer.signer.sign([message])
         result = self.ledger.check_tx(signed.raw, external=False)
