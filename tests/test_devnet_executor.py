@@ -17,6 +17,7 @@ from dapi.chain.tx import TxSigner
 from dapi.devnet import SimulatedNetwork
 from dapi.devnet.capacity_wiring import epoch_throughput
 from dapi.devnet.ledger.inferences import InferenceStatus
+from dapi.devnet.peers import Misbehaviour
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.request_body import modify_request_body, prompt_hash, prompt_payload
 from dapi.inference.signatures import dev_signed_bytes, sign, ta_signed_bytes
@@ -137,3 +138,64 @@ async def test_a_bad_ta_signature_is_401_and_nothing_is_served(devnet: Simulated
         assert (await http.post(devnet.executors.url(peer.name) + "/v1/chat/completions", content=sent.raw,
                                 headers=no_seed)).status_code == 400
     assert devnet.executors.finished == []
+
+
+# --- the peers validate each other's inferences (inference.md §4.1-§4.4) -----------------------------------
+
+
+async def _execute(devnet: SimulatedNetwork) -> Sent:
+    sent = _request(devnet)
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = await http.post(devnet.executors.url(devnet.genesis.peers[0].name) + "/v1/chat/completions",
+                                content=sent.raw, headers=sent.headers)
+    assert reply.status_code == 200, reply.text
+    return sent
+
+
+async def _status(devnet: SimulatedNetwork, inference_id: str, status: InferenceStatus) -> None:
+    def reached() -> bool:
+        inference = devnet.ledger.state.inferences.get(inference_id)
+        return inference is not None and inference.status is status
+    await devnet.wait_until(reached, timeout=30, what=f"inference {inference_id[:8]} {status.name}")
+
+
+async def test_the_other_peer_validates_an_honest_inference_and_claims_its_reward(devnet: SimulatedNetwork) -> None:
+    await devnet.wait_for_height(READY)
+    executor, validator = devnet.genesis.peers
+    sent = await _execute(devnet)
+    # Two members and no traffic: the other member must validate every inference (p = 1).
+    await _status(devnet, sent.inference_id, InferenceStatus.VALIDATED)
+    inference = devnet.ledger.state.inferences[sent.inference_id]
+    assert inference.validated_by == (validator.address,)
+    sent_by = [(v.peer, v.code) for v in devnet.executors.validators.sent if v.inference_id == sent.inference_id]
+    assert sent_by == [(validator.name, 0)]
+    assert [v.value for v in devnet.executors.validators.sent] == [1.0]
+    assert list(devnet.ledger.state.epoch_validations[(inference.epoch_id, validator.address)]) == [sent.inference_id]
+    assert devnet.peers.rejected() == [] and devnet.peers.failed() == []
+
+    # The claim of epoch 1 (sent at 94) finds no missed validation and pays.
+    await devnet.wait_for_height(96)
+    claims = {c.participant: c for c in devnet.ledger.claims() if c.epoch_index == inference.epoch_id}
+    assert claims[validator.address].amount > 0 and claims[executor.address].amount > 0
+
+
+async def test_a_wrong_inference_output_fails_validation_and_is_refunded(devnet: SimulatedNetwork) -> None:
+    await devnet.wait_for_height(READY - 2)
+    executor, validator = devnet.genesis.peers
+    devnet.peers.set_misbehaviour(executor.name, Misbehaviour.of_kinds(["wrong-inference-output"]))
+    await devnet.wait_for_height(READY)
+    assert all(node.wrong_output for node in devnet.executors.nodes(executor.name).values())
+    client = devnet.genesis.clients[0]
+    before = devnet.ledger.state.balance(client.address)
+    sent = await _execute(devnet)
+    await _status(devnet, sent.inference_id, InferenceStatus.INVALIDATED)
+    failed = [v for v in devnet.executors.validators.sent if v.inference_id == sent.inference_id]
+    assert [(v.peer, v.code) for v in failed] == [(validator.name, 0)]
+    assert failed[0].value < 0.98  # below the model's validation threshold
+    inference = devnet.ledger.state.inferences[sent.inference_id]
+    assert inference.validated_by == ()
+    # The client got its payment back (the refund of the actual cost), and the executor loses the cost it
+    # was credited (at most the escrow) and more: coin_balance -= actual_cost (§4.4).
+    assert devnet.ledger.state.balance(client.address) == before
+    paid = min(inference.actual_cost, inference.escrow_amount)
+    assert devnet.ledger.state.work_of(executor.address).coin_balance == paid - inference.actual_cost

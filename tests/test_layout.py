@@ -24,6 +24,7 @@ SIMULATOR_MAY_IMPORT = (
     "dapi.chain.gojson",
     "dapi.inference.signatures",
     "dapi.inference.sampling",
+    "dapi.inference.comparison",
     "dapi.inference.request_body",
     "dapi.mlnodeclient.models",
     "dapi.runtime",

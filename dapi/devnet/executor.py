@@ -6,7 +6,8 @@ peers, node `<peer>-<local id>`) serving the model they declare, except during P
 without POC_SLOT mine (`PeerSimulator`) and so serve nothing. A request is checked (dev and TA
 signatures, timestamp window, replay), its body modified (§5.1), proxied to the least busy node serving
 the model with `"id"` replaced by the inference id (JSON or SSE), and once the answer has been sent the
-peer submits MsgFinishInference (§5.5) through the same signed-tx path as its other txs.
+peer submits MsgFinishInference (§5.5) through the same signed-tx path as its other txs. The peers'
+validator side (`dapi.devnet.validators.PeerValidators`) runs on the same sim ML nodes.
 
 Deliberately small: the daemon's own executor code is meant to replace this later. Deviations: a body
 the reference's handler would panic on gets 400; a `prompt_tokens` of 0 is sent as it is (the sim ML
@@ -35,6 +36,7 @@ from dapi.devnet.ledger.context import BlockContext
 from dapi.devnet.ledger.inference_msgs import START_INFERENCE_URL
 from dapi.devnet.mlnode import SimMLNodeServer, SimNode
 from dapi.devnet.peers import PeerSimulator
+from dapi.devnet.validators import PeerValidators
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.request_body import RequestBodyError, decode_go, go_marshal, modify_request_body
 from dapi.inference.signatures import sign, ta_signed_bytes, verify_dev_signature, verify_ta_signature
@@ -97,6 +99,9 @@ class PeerExecutors:
         self._http: httpx.AsyncClient | None = None
         self._tasks = TaskOwner("devnet-executors")
         self._capacity_epoch = -1
+        self.validators = PeerValidators(ledger, genesis, peers, self.mlnodes, node_name={
+            spec.name: {n.local_id: self.node_name(spec.name, n.local_id) for n in spec.nodes}
+            for spec in genesis.peers})
 
     @staticmethod
     def node_name(peer: str, local_id: str) -> str:
@@ -117,6 +122,7 @@ class PeerExecutors:
 
     async def start(self) -> None:
         await self.mlnodes.start()
+        await self.validators.start()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
         for name, peer in self._peers.items():
             app = Starlette(routes=[Route("/v1/chat/completions", self._route(name), methods=["POST"])])
@@ -130,6 +136,7 @@ class PeerExecutors:
             if peer.server is not None:
                 await peer.server.stop()
         await self._tasks.stop()
+        await self.validators.stop()
         if self._http is not None:
             await self._http.aclose()
         await self.mlnodes.stop()
@@ -144,6 +151,7 @@ class PeerExecutors:
             for name, peer in self._peers.items():
                 apply_epoch_throughput(self.ledger, effective, peer.spec.address, self.mlnodes, self.block_time,
                                        prefix=self.node_name(name, ""))
+        self.validators.on_block(block)
 
     def _in_poc(self, height: int) -> bool:
         latest, effective = self.ledger.latest_epoch(), self.ledger.effective_epoch()
@@ -153,12 +161,15 @@ class PeerExecutors:
         return ctx.start_of_poc <= height < ctx.end_of_poc_validation
 
     def _sync_nodes(self, height: int) -> None:
-        """Nodes serve their model, but during PoC only the POC_SLOT ones (the others mine)."""
+        """Nodes serve their model, but during PoC only the POC_SLOT ones (the others mine); a peer misbehaving
+        with `wrong_inference_output` has its nodes serve a wrong model."""
         in_poc = self._in_poc(height)
         for name, peer in self._peers.items():
             serving = self.peers.serving_nodes(name) if in_poc else None
+            wrong = self.peers.misbehaviour(name).wrong_inference_output
             for spec in peer.spec.nodes:
                 node = self.mlnodes.node(self.node_name(name, spec.local_id))
+                node.wrong_output = wrong
                 if serving is None or spec.local_id in serving:
                     if node.model != spec.models[0]:
                         self._tasks.spawn(node.inference_up(InferenceUpRequest(model=spec.models[0])),

@@ -21,7 +21,8 @@ daemon agree, and a forged batch is caught by both.
 
 `set_misbehaviour` makes one peer break the rules so tests can show the chain's rules bite: mining
 with its POC_SLOT nodes too (preservation ignores those batches), skipping its seed (it is not formed),
-or forging distances (validators detect fraud).
+or forging distances (validators detect fraud). Serving inferences and validating them is done by
+`dapi.devnet.executor` and `dapi.devnet.validators`, which read `wrong_inference_output` from here.
 """
 
 from __future__ import annotations
@@ -54,15 +55,18 @@ _NONCE_SPREAD = 16
 
 @dataclass(frozen=True, slots=True)
 class Misbehaviour:
-    """How one simulated peer breaks the rules: mining with its POC_SLOT nodes, skipping its seed, forging distances."""
+    """How one simulated peer breaks the rules: mining with its POC_SLOT nodes, skipping its seed, forging distances,
+    or answering inferences with output its model would not produce (its sim ML nodes serve a wrong model)."""
 
     mine_with_poc_slot_nodes: bool = False
     skip_seed: bool = False
     forge_batches: bool = False
+    wrong_inference_output: bool = False
 
     @classmethod
     def of_kinds(cls, kinds: Iterable[str]) -> Misbehaviour:
-        """From the command line's kind names (`mine-with-poc-slot`, `skip-seed`, `forge-batches`)."""
+        """From the command line's kind names (`mine-with-poc-slot`, `skip-seed`, `forge-batches`,
+        `wrong-inference-output`)."""
         fields: dict[str, bool] = {}
         for kind in kinds:
             field_name = MISBEHAVIOUR_KINDS.get(kind)
@@ -77,6 +81,7 @@ MISBEHAVIOUR_KINDS = {
     "mine-with-poc-slot": "mine_with_poc_slot_nodes",
     "skip-seed": "skip_seed",
     "forge-batches": "forge_batches",
+    "wrong-inference-output": "wrong_inference_output",
 }
 
 
@@ -208,6 +213,10 @@ class PeerSimulator:
         self._submit(peer, "hardware_diff", itx.MsgSubmitHardwareDiff(creator=peer.spec.address, newOrModified=nodes),
                      height)
         peer.hardware_sent = True
+
+    def seed(self, peer: str, epoch_index: int) -> int | None:
+        """The seed the peer submitted for the epoch (None if it has not)."""
+        return self._peers[peer].seeds.get(epoch_index)
 
     def seed_value(self, peer: str, epoch_index: int) -> int:
         digest = hashlib.sha256(f"{self.genesis.chain_id}/{peer}/seed/{epoch_index}".encode()).digest()
