@@ -36,7 +36,7 @@ from dapi.devnet.ledger.context import BlockContext
 from dapi.devnet.ledger.inference_msgs import START_INFERENCE_URL
 from dapi.devnet.mlnode import SimMLNodeServer, SimNode
 from dapi.devnet.peers import PeerSimulator
-from dapi.devnet.validators import PeerValidators
+from dapi.devnet.validators import PeerValidators, least_busy
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.request_body import RequestBodyError, decode_go, go_marshal, modify_request_body
 from dapi.inference.signatures import sign, ta_signed_bytes, verify_dev_signature, verify_ta_signature
@@ -99,9 +99,7 @@ class PeerExecutors:
         self._http: httpx.AsyncClient | None = None
         self._tasks = TaskOwner("devnet-executors")
         self._capacity_epoch = -1
-        self.validators = PeerValidators(ledger, genesis, peers, self.mlnodes, node_name={
-            spec.name: {n.local_id: self.node_name(spec.name, n.local_id) for n in spec.nodes}
-            for spec in genesis.peers})
+        self.validators = PeerValidators(ledger, genesis, peers, self.mlnodes, nodes=self.nodes)
 
     @staticmethod
     def node_name(peer: str, local_id: str) -> str:
@@ -222,17 +220,13 @@ class PeerExecutors:
         peer.used_ids.add(auth)
         return _Call(inference_id, requester, transfer, timestamp, ta_signature, raw, body)
 
-    def _lock_node(self, peer: _PeerServer, model: object) -> SimNode | None:
-        """The least busy of the peer's nodes serving `model` (during PoC only POC_SLOT nodes serve)."""
-        candidates = [n for n in self.nodes(peer.spec.name).values() if n.inference_ready and n.model == model]
-        return min(candidates, key=lambda n: n.capacity.in_flight, default=None)
-
     async def _chat(self, peer: _PeerServer, request: Request) -> Response:
         raw = await request.body()
         call = self._check(peer, request, raw)
         if isinstance(call, Response):
             return call
-        node = self._lock_node(peer, call.body.get("model"))
+        # during PoC only the POC_SLOT nodes serve
+        node = least_busy(self.nodes(peer.spec.name).values(), call.body.get("model"))
         if node is None:
             return _error(500, NO_NODES)
         assert self._http is not None

@@ -20,6 +20,7 @@ same wrong nodes: like a real participant running the wrong weights, it would fa
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -45,9 +46,15 @@ from dapi.inference.sampling import should_validate
 from dapi.logs import get_logger
 from dapi.runtime.tasks import TaskOwner
 
-__all__ = ["PeerValidators", "SentValidation"]
+__all__ = ["PeerValidators", "SentValidation", "least_busy"]
 
 log = get_logger(__name__)
+
+
+def least_busy(nodes: Iterable[SimNode], model: object) -> SimNode | None:
+    """The least busy of `nodes` serving `model`, or None when none serves it."""
+    serving = [n for n in nodes if n.inference_ready and n.model == model]
+    return min(serving, key=lambda n: n.capacity.in_flight, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +74,12 @@ class PeerValidators:
     """
 
     def __init__(self, ledger: Ledger, genesis: DevnetGenesis, peers: PeerSimulator, mlnodes: SimMLNodeServer,
-                 *, node_name: dict[str, dict[str, str]]) -> None:
+                 *, nodes: Callable[[str], Mapping[str, SimNode]]) -> None:
         self.ledger = ledger
         self.genesis = genesis
         self.peers = peers
         self.mlnodes = mlnodes
-        self._node_names = node_name  # peer -> local id -> sim node name
+        self._nodes = nodes  # peer -> its sim ML nodes by local id
         self._specs = {spec.name: spec for spec in genesis.peers}
         self.sent: list[SentValidation] = []
         self._http: httpx.AsyncClient | None = None
@@ -137,16 +144,11 @@ class PeerValidators:
 
     # --- re-run and MsgValidation ---
 
-    def _node(self, peer: str, model: str) -> SimNode | None:
-        nodes = [self.mlnodes.node(n) for n in self._node_names[peer].values()]
-        serving = [n for n in nodes if n.inference_ready and n.model == model]
-        return min(serving, key=lambda n: n.capacity.in_flight, default=None)
-
     async def _validate(self, spec: ParticipantSpec, inference_id: str) -> None:
         inference = self.ledger.state.inferences.get(inference_id)
         if inference is None or inference.status is InferenceStatus.STARTED:
             return
-        node = self._node(spec.name, inference.model)
+        node = least_busy(self._nodes(spec.name).values(), inference.model)
         if node is None:  # ModelNotSupported: the reference sends nothing (§4.3)
             log.warning("devnet validator has no node for the model", peer=spec.name, model=inference.model)
             return
