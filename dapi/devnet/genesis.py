@@ -153,6 +153,10 @@ class Grant:
     msg_type_url: str
     expiration_ns: int | None = None
 
+    def live_at(self, now_ns: int) -> bool:
+        """Not expired at `now_ns` (a grant without an expiration never expires)."""
+        return self.expiration_ns is None or self.expiration_ns > now_ns
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DevnetGenesis:

@@ -105,7 +105,7 @@ def _check_signers_and_grants(tx: DecodedTx, ctx: AnteContext) -> None:
         if granter == em.grantee:
             continue  # acting for oneself needs no grant, as in x/authz
         grant = ctx.grants.get((granter, em.grantee, em.type_url))
-        if grant is None or (grant.expiration_ns is not None and grant.expiration_ns <= now):
+        if grant is None or not grant.live_at(now):
             raise sdk_failure(SdkCode.UNAUTHORIZED,
                               f"failed to get grant with given granter: {granter}, grantee: {em.grantee} & msgType: "
                               f"{em.type_url} : authorization not found")

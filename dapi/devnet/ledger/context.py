@@ -13,9 +13,17 @@ from dataclasses import dataclass
 from dapi.devnet.genesis import Grant
 from dapi.devnet.ledger.records import Account
 
-__all__ = ["BlockContext", "GrantKey"]
+__all__ = ["BlockContext", "GrantKey", "live_grantees"]
 
 GrantKey = tuple[str, str, str]  # (granter, grantee, message type URL)
+
+
+def live_grantees(grants: Mapping[GrantKey, Grant], granter: str, type_url: str, now_ns: int) -> list[str]:
+    """Addresses holding a grant from `granter` for `type_url` that is unexpired at `now_ns`, sorted."""
+    return sorted(
+        grantee for (g, grantee, url), grant in grants.items()
+        if g == granter and url == type_url and grant.live_at(now_ns)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,10 +46,7 @@ class BlockContext:
 
     def grantees(self, granter: str, type_url: str) -> list[str]:
         """Addresses holding an unexpired grant from `granter` for `type_url`, sorted."""
-        return sorted(
-            grantee for (g, grantee, url), grant in self.grants.items()
-            if g == granter and url == type_url and (grant.expiration_ns is None or grant.expiration_ns > self.time_ns)
-        )
+        return live_grantees(self.grants, granter, type_url, self.time_ns)
 
     def keys_with_grantees(self, granter: str, type_url: str) -> tuple[bytes, ...]:
         """The granter's account key and its grantees' keys (`GetAccountPubKeysWithGrantees`)."""

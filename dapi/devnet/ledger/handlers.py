@@ -73,7 +73,7 @@ def _effect(state: InferenceState, height: int, writes: Writes, response: Messag
 
 
 def submit_poc_batch(state: InferenceState, msg: itx.MsgSubmitPocBatch, height: int) -> tuple[Effect, Message]:
-    _require_participant(state, msg.creator)
+    require_participant(state, msg.creator)
     ctx = _upcoming_context(state)
     _check_start(ctx, msg.poc_stage_start_block_height)
     window = ctx.poc_exchange_window
@@ -101,7 +101,7 @@ def submit_poc_batch(state: InferenceState, msg: itx.MsgSubmitPocBatch, height: 
 def submit_poc_validation(
     state: InferenceState, msg: itx.MsgSubmitPocValidation, height: int
 ) -> tuple[Effect, Message]:
-    _require_participant(state, msg.creator)
+    require_participant(state, msg.creator)
     ctx = _upcoming_context(state)
     _check_start(ctx, msg.poc_stage_start_block_height)
     window = ctx.validation_exchange_window
@@ -132,7 +132,7 @@ def submit_poc_validation(
 
 
 def submit_hardware_diff(state: InferenceState, msg: itx.MsgSubmitHardwareDiff) -> tuple[Effect, Message]:
-    _require_participant(state, msg.creator)
+    require_participant(state, msg.creator)
     try:
         updated = apply_hardware_diff(
             state.registry,
@@ -151,7 +151,7 @@ def submit_hardware_diff(state: InferenceState, msg: itx.MsgSubmitHardwareDiff) 
 
 
 def submit_seed(state: InferenceState, msg: itx.MsgSubmitSeed) -> tuple[Effect, Message]:
-    _require_participant(state, msg.creator)
+    require_participant(state, msg.creator)
     seed = RandomSeed(participant=msg.creator, epoch_index=msg.epoch_index, signature=msg.signature)
 
     def apply() -> None:
@@ -161,7 +161,7 @@ def submit_seed(state: InferenceState, msg: itx.MsgSubmitSeed) -> tuple[Effect, 
 
 
 def claim_rewards(state: InferenceState, msg: itx.MsgClaimRewards, height: int) -> tuple[Effect, Message]:
-    _require_participant(state, msg.creator)
+    require_participant(state, msg.creator)
     shares = state.rewards.get(msg.epoch_index)
     if shares is None:
         raise inference_failure(InferenceCode.REWARDS_NOT_SETTLED, f"epoch {msg.epoch_index} is not settled")
@@ -203,10 +203,6 @@ def _nothing() -> Effect:
 
 
 # --- shared checks --------------------------------------------------------------------------------
-
-
-def _require_participant(state: InferenceState, address: str) -> None:
-    require_participant(state, address)
 
 
 def _upcoming_context(state: InferenceState) -> EpochContext:

@@ -196,7 +196,11 @@ def missed_validations(state: InferenceState, claimant: str, epoch_index: int, s
     epoch = state.epochs.get(epoch_index)
     if groups is None or epoch is None:
         return []
-    subs = {g.model_id: g for g in groups[1]}
+    # Per model: its sub-group's members by address and their total weight (read once, not per inference).
+    members = {}
+    for g in groups[1]:
+        by_address = {vw.member_address: vw for vw in g.validation_weights}
+        members[g.model_id] = (by_address, sum(vw.weight for vw in by_address.values()))
     cutoff = EpochContext.for_epoch(epoch, state.params).inference_validation_cutoff
     done = set(state.epoch_validations.get((epoch_index, claimant), ()))
     params = sampling_params(state)
@@ -204,11 +208,11 @@ def missed_validations(state: InferenceState, claimant: str, epoch_index: int, s
     for (epoch_id, inference_id), details in sorted(state.validation_details.items()):
         if epoch_id != epoch_index or details.executor_id == claimant:
             continue
-        sub = subs.get(details.model)
+        sub = members.get(details.model)
         if sub is None:
             raise inference_failure(InferenceCode.INFERENCE_HAS_INVALID_MODEL,
                                     f"inference {inference_id} has model {details.model!r} with no sub-group")
-        weights = {vw.member_address: vw for vw in sub.validation_weights}
+        weights, total_power = sub
         validator, executor = weights.get(claimant), weights.get(details.executor_id)
         if validator is None or executor is None:
             continue
@@ -216,7 +220,7 @@ def missed_validations(state: InferenceState, claimant: str, epoch_index: int, s
             continue
         required = should_validate(
             seed=seed, inference_id=inference_id, traffic_basis=details.traffic_basis,
-            executor_reputation=details.executor_reputation, total_power=sum(w.weight for w in weights.values()),
+            executor_reputation=details.executor_reputation, total_power=total_power,
             validator_power=validator.weight, executor_power=executor.weight, params=params,
         )
         if required and inference_id not in done:

@@ -23,6 +23,7 @@ import grpc
 from google.protobuf.message import Message
 
 from dapi.devnet.ledger import Ledger, valid_address
+from dapi.devnet.ledger.context import live_grantees
 from dapi.devnet.ledger.executors import ExecutorUnavailable, draw, executor_candidates
 from dapi.devnet.wire.convert import (
     active_participants_to_proto,
@@ -142,13 +143,9 @@ class InferenceQueries:
         assert isinstance(request, q.QueryGranteesByMessageTypeRequest)
         if not valid_address(request.granter_address):
             raise self._error(grpc.StatusCode.INVALID_ARGUMENT, "invalid granter address")
-        now = self.ledger.now_ns()
         grantees = []
-        for (granter, grantee, url), grant in sorted(self.ledger.grants.items()):
-            if granter != request.granter_address or url != request.message_type_url:
-                continue
-            if grant.expiration_ns is not None and grant.expiration_ns <= now:
-                continue
+        for grantee in live_grantees(self.ledger.grants, request.granter_address, request.message_type_url,
+                                     self.ledger.now_ns()):
             account = self.ledger.account(grantee)
             pub_key = base64.b64encode(account.public_key).decode() if account is not None else ""
             grantees.append(q.Grantee(address=grantee, pub_key=pub_key))
