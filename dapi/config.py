@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from dapi.mlnodeclient.models import node_base_url
+
 ENV_PREFIX = "DAPI_"
 # DAPI_* variables that are not config keys: secrets and process settings, never written into the model.
 _NON_KEY_ENV = frozenset({"DAPI_SIGNER_KEY", "DAPI_LOG_FORMAT", "DAPI_LOG_LEVEL"})
@@ -62,10 +64,6 @@ def check_host(value: str) -> str:
             or labels[-1].isdigit()):  # an all-numeric last label is a broken IPv4 address, not a name
         raise ValueError("must be a host name or an IP address")
     return value
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 class ConfigError(ValueError):
@@ -218,11 +216,11 @@ class NodeConfig(BaseModel):
 
     @property
     def poc_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.poc_port}{self.poc_segment}"
+        return node_base_url(self.host, self.poc_port, self.poc_segment)
 
     @property
     def inference_url(self) -> str:
-        return f"http://{_url_host(self.host)}:{self.inference_port}{self.inference_segment}"
+        return node_base_url(self.host, self.inference_port, self.inference_segment)
 
 
 class StrictHardware(Hardware):

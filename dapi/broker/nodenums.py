@@ -64,9 +64,6 @@ class NodeNumbers:
     def number_of(self, node_id: str) -> int | None:
         return self._nums.get(node_id)
 
-    def secret_of(self, node_id: str) -> str | None:
-        return self._secrets.get(node_id)
-
     def owner_of(self, secret: str) -> str | None:
         """The node id whose callback secret this is (a dict lookup: no timing to learn a prefix from)."""
         return self._owners.get(secret)

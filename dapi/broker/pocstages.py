@@ -13,12 +13,11 @@ learns the current one at its next PoC init.
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from dapi.logs import get_logger
-from dapi.runtime.jsonfile import write_json_atomic
+from dapi.runtime.jsonfile import read_json, save_json
 
 __all__ = ["FILE_NAME", "KEPT_STAGES", "PocStage", "PocStages"]
 
@@ -72,7 +71,7 @@ class PocStages:
             document = {"version": _FORMAT_VERSION,
                         "stages": [{"height": h, "block_hash": self._stages[h]} for h in sorted(self._stages)]}
             try:
-                await asyncio.to_thread(write_json_atomic, self.path, document)
+                await save_json(self.path, document)
             except OSError as exc:
                 # Kept in memory: batches are accepted until a restart, which would lose it.
                 log.error("PoC stage not persisted", path=str(self.path), error=str(exc))
@@ -84,10 +83,8 @@ class PocStages:
 
 def _read(path: Path) -> dict[int, str]:
     try:
-        raw = json.loads(path.read_text())
-        return {int(s["height"]): str(s["block_hash"]) for s in raw["stages"]}
-    except FileNotFoundError:
-        return {}
+        raw = read_json(path)
+        return {} if raw is None else {int(s["height"]): str(s["block_hash"]) for s in raw["stages"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("PoC stage file not read; stages are learnt again at the next PoC init",
                     path=str(path), error=str(exc))
