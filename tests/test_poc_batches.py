@@ -79,6 +79,8 @@ def test_a_batch_four_times_the_limit_splits_into_few_parts() -> None:
     assert 4 <= len(parts) <= 8
     assert all(p.ByteSize() <= 150_000 - 2048 for p in parts)
     assert [n for p in parts for n in p.nonces] == list(msg.nonces)
+    # Only the messages sent get an id: slices too big to send are halved before any id is drawn.
+    assert [p.batch_id for p in parts] == [f"p{i}" for i in range(1, len(parts) + 1)]
 
 
 def test_nothing_fits_a_limit_below_the_envelope() -> None:

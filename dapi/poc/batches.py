@@ -42,11 +42,13 @@ def split_batch(
     pending = [(0, len(msg.nonces))]
     while pending:
         start, end = pending.pop()
+        # Sized with the original id (ids are UUIDs, all one length); a slice gets its own id only once it fits.
         part = MsgSubmitPocBatch(
             creator=msg.creator, poc_stage_start_block_height=msg.poc_stage_start_block_height,
-            batch_id=new_batch_id(), nonces=msg.nonces[start:end], dist=msg.dist[start:end], node_id=msg.node_id,
+            batch_id=msg.batch_id, nonces=msg.nonces[start:end], dist=msg.dist[start:end], node_id=msg.node_id,
         )
         if part.ByteSize() <= limit:
+            part.batch_id = new_batch_id()
             parts.append(part)
             continue
         if end - start <= 1:
