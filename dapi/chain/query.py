@@ -27,8 +27,10 @@ from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_query_pb2
 from dapi.gen.inference.inference import (
     epoch_group_data_pb2,
     hardware_node_pb2,
+    inference_pb2,
     model_pb2,
     params_pb2,
+    participant_pb2,
     pocbatch_pb2,
 )
 from dapi.gen.inference.inference import query_pb2 as q
@@ -189,6 +191,47 @@ class ChainQuery:
         for entry in response.stats_models:
             tokens[entry.model] = tokens.get(entry.model, 0) + entry.ai_tokens
         return tokens
+
+    # -- the inference path (reference/inference.md §3, §4.1) --
+
+    async def inference(self, inference_id: str) -> inference_pb2.Inference:
+        """The chain's Inference record (NotFound when it has none)."""
+        request = q.QueryGetInferenceRequest(index=inference_id)
+        return (await self._ask("Inference", request, q.QueryGetInferenceResponse)).inference
+
+    async def inference_participant(self, address: str) -> q.QueryInferenceParticipantResponse:
+        """An account's pubkey (base64 of the 33-byte key) and spendable ngonka balance."""
+        request = q.QueryInferenceParticipantRequest(address=address)
+        return await self._ask("InferenceParticipant", request, q.QueryInferenceParticipantResponse)
+
+    async def participant(self, address: str) -> participant_pb2.Participant:
+        request = q.QueryGetParticipantRequest(index=address)
+        return (await self._ask("Participant", request, q.QueryGetParticipantResponse)).participant
+
+    async def random_executor(self, model: str) -> participant_pb2.Participant:
+        """The chain's own executor draw (a fallback: the daemon draws from its epoch cache)."""
+        request = q.QueryGetRandomExecutorRequest(model=model)
+        return (await self._ask("GetRandomExecutor", request, q.QueryGetRandomExecutorResponse)).executor
+
+    async def grantee_pubkeys(self, granter: str, message_type_url: str) -> list[str]:
+        """Base64 pubkeys of the accounts `granter` authorised to send `message_type_url` for it."""
+        request = q.QueryGranteesByMessageTypeRequest(granter_address=granter, message_type_url=message_type_url)
+        response = await self._ask("GranteesByMessageType", request, q.QueryGranteesByMessageTypeResponse)
+        return [g.pub_key for g in response.grantees if g.pub_key]
+
+    async def validation_parameters(
+        self, inference_ids: list[str], requester: str
+    ) -> q.QueryGetInferenceValidationParametersResponse:
+        """Validation details of finished inferences, the requester's power and the validation params."""
+        request = q.QueryGetInferenceValidationParametersRequest(ids=inference_ids, requester=requester)
+        return await self._ask(
+            "GetInferenceValidationParameters", request, q.QueryGetInferenceValidationParametersResponse
+        )
+
+    async def current_epoch(self) -> int:
+        """The effective epoch's index."""
+        return (await self._ask("GetCurrentEpoch", q.QueryGetCurrentEpochRequest(),
+                                q.QueryGetCurrentEpochResponse)).epoch
 
     async def account(self, address: str) -> auth_pb2.BaseAccount:
         self.calls += 1
