@@ -74,12 +74,29 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
                       f"txs landed {outbox_counts.get('landed', 0)}   "
                       f"pending {outbox_counts.get('pending', 0) + outbox_counts.get('sent', 0)}   "
                       f"dead-lettered {outbox_counts.get('dead', 0)}"))
+    if session.load is not None:
+        parts.append(_inference_panel(session.load.live()))
     urls = Table.grid(padding=(0, 2))
     urls.add_row("models", f"{session.public_url}/v1/models")
     urls.add_row("pricing", f"{session.public_url}/v1/pricing")
     urls.add_row("epoch", f"{session.public_url}/v1/epochs/latest")
     urls.add_row("status", f"{session.public_url}/v1/status")
+    urls.add_row("chat", f"{session.public_url}/v1/chat/completions (signed; the ready line's client)")
     urls.add_row("nodes", f"{session.admin_url}/admin/v1/nodes")
     urls.add_row("chain RPC", session.devnet.rpc_url)
     parts.append(Panel(urls, title="try", expand=False))
     return Group(*parts)
+
+
+def _inference_panel(load: dict[str, Any]) -> Panel:
+    """The load's requests per phase of the latest epoch: sent, ok (answered and finished on chain), failed."""
+    table = Table(expand=False)
+    for column in ("phase", "sent", "ok", "failed", "p50 ms", "p99 ms"):
+        table.add_column(column)
+    for phase, t in load["by_phase"].items():
+        style = "red" if t["failed"] else ""
+        table.add_row(phase, str(t["sent"]), str(t["ok"]), f"[{style}]{t['failed']}[/]" if style else "0",
+                      str(t["p50_ms"] or "-"), str(t["p99_ms"] or "-"))
+    title = (f"inference load {load['rps']}/s: sent {load['sent']}  ok {load['ok']}  failed {load['failed']}  "
+             f"open {load['open']}")
+    return Panel(table, title=title, expand=False)
