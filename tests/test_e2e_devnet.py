@@ -12,7 +12,6 @@ from rich.console import Console
 from dapi.testbed.live import render
 from dapi.testbed.session import DevnetSession
 
-
 PHASES = ["PoCGenerate", "PoCGenerateWindDown", "PoCValidate", "PoCValidateWindDown", "Inference"]
 
 
@@ -83,10 +82,13 @@ def test_devnet_runs_three_healthy_epochs_with_the_real_daemon() -> None:
 async def test_live_view_shows_the_nodes_and_their_marks() -> None:
     async with DevnetSession(participants=3, nodes_per_participant=2, block_time=0.05) as session:
         await session.devnet.wait_for_epoch(1, timeout=60)
+        load = session.start_load(20, seed=3)
         await session.devnet.wait_until(lambda: (session.daemon.view.snapshot is not None
-                                                 and session.daemon.view.snapshot.height >= 55), timeout=30)
+                                                 and session.daemon.view.snapshot.height >= 55
+                                                 and load.live()["ok"] > 0), timeout=30)
         console = Console(record=True, width=140)
         console.print(render(session, {"landed": 3, "pending": 1, "sent": 0, "dead": 0}))
         text = console.export_text()
     assert "node1" in text and "node2" in text and "POC_SLOT" in text
     assert "txs landed 3" in text and "/v1/models" in text and "effective epoch" in text
+    assert "inference load 20/s" in text and "PoCGenerate" in text and "Inference" in text
