@@ -228,6 +228,7 @@ class InferenceLoad:
 
     def live(self) -> dict[str, Any]:
         """For the live view: requests sent, settled ok/failed, open, and the rate asked for."""
+        self.settle()
         settled = [r for r in self.results if r.settled]
         return {"sent": len(self.results), "ok": sum(r.ok for r in settled),
                 "failed": sum(not r.ok for r in settled), "open": len(self._open), "rps": self.rps,
