@@ -35,10 +35,10 @@ class PocSlotPolicy(StrEnum):
 
     WEIGHT = "weight"  # the seed plan (DESIGN.md §6): weight-based, with carry across models
     HALF_NODES = "half-nodes"  # the reference chain: floor(n/2) of n nodes per model keep serving
-    NONE = "none"  # every node mines: the network before the schedule plan, for comparison
     # DESIGN.md §6.1: the weight rule at formation, then the pre-PoC selection (`selection`) rewrites the
     # flags from measured demand a few blocks before the PoC.
     DEMAND = "demand"
+    NONE = "none"  # every node mines: the network before the schedule plan, for comparison
 
 
 @dataclass(frozen=True, slots=True)
