@@ -143,6 +143,7 @@ DEVNET_EPOCH_PARAMS = EpochParams(
     poc_validation_delay=1,
     poc_validation_duration=4,
     set_new_validators_delay=2,
+    pre_poc_selection_offset=2,  # DESIGN.md §6.1
 )
 
 

@@ -91,17 +91,22 @@ def select_poc_slots(
         seed, counter = pre_poc_seed(epoch_index, model_id), 0
         throughput = count = 0
         while throughput < demand or count < params.min_serving_nodes_per_model:
-            eligible = [(c, node) for c in candidates if (node := c.best(serving[c.address])) is not None]
+            eligible: list[tuple[_Candidates, MLNodeInfo]] = []
+            for c in candidates:
+                best = c.best(serving[c.address])
+                if best is not None:
+                    eligible.append((c, best))
             if not eligible:
                 break
             draw, counter = draw_below(seed, counter, sum(c.weight for c, _ in eligible))
-            for c, node in eligible:
-                if draw < c.weight:
-                    break
-                draw -= c.weight
-            serving[c.address] += node.poc_weight
-            chosen.add((c.address, node.node_id))
-            c.next += 1
+            position = 0
+            while draw >= eligible[position][0].weight:
+                draw -= eligible[position][0].weight
+                position += 1
+            drawn, node = eligible[position]
+            serving[drawn.address] += node.poc_weight
+            chosen.add((drawn.address, node.node_id))
+            drawn.next += 1
             throughput += node.throughput
             count += 1
     return tuple(_with_flags(p, chosen) for p in active)

@@ -92,9 +92,8 @@ def set_real_throughput(
     parent: EpochGroupData, completed: Iterable[CompletedInference], from_height: int, to_height: int
 ) -> EpochGroupData:
     """SetRealThroughput: the parent group with the demand measured over (from_height, to_height]."""
-    return replace(
-        parent, real_throughput_vector=real_throughput_vector(parent.sub_group_models, completed, from_height, to_height)
-    )
+    real = real_throughput_vector(parent.sub_group_models, completed, from_height, to_height)
+    return replace(parent, real_throughput_vector=real)
 
 
 def validate_throughput_performance(parent: EpochGroupData) -> tuple[ThroughputShortfall, ...]:
