@@ -41,7 +41,7 @@ def _positive_float(text: str) -> float:
 
 
 # Kept here (not imported from the devnet) so that `dapi run` never loads the simulator.
-POC_SLOT_POLICIES = ("weight", "half-nodes", "none")
+POC_SLOT_POLICIES = ("weight", "half-nodes", "demand", "none")
 MISBEHAVIOUR_KINDS = ("mine-with-poc-slot", "skip-seed", "forge-batches", "wrong-inference-output")
 
 

@@ -35,6 +35,21 @@ def phase_bar(ctx: EpochContext, height: int, width: int = 60) -> Text:
     return bar
 
 
+def throughput_line(session: DevnetSession) -> Text:
+    """The POC_SLOT policy and the effective epoch's throughput vectors (tokens per block, per model)."""
+    ledger = session.devnet.ledger
+    parent = ledger.epoch_group(ledger.effective_epoch().index, "")
+    line = Text(f"POC_SLOT policy {session.devnet.genesis.poc_slot_policy}")
+    if parent is not None and parent.sub_group_models:
+        real = parent.real_throughput_vector or (None,) * len(parent.sub_group_models)
+        for model, expected, measured in zip(parent.sub_group_models, parent.expected_throughput_vector, real,
+                                             strict=False):
+            short = measured is not None and measured > expected
+            line.append(f"   {model.rsplit('/', 1)[-1]}: serving during PoC {expected}/block, demand "
+                        f"{'-' if measured is None else measured}", style="bold red" if short else "")
+    return line
+
+
 def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
     daemon = session.daemon
     snapshot = daemon.view.snapshot
@@ -49,7 +64,7 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
         head.add_row(f"height [bold]{snapshot.height}[/]", f"latest epoch [bold]{snapshot.latest_epoch.index}[/]",
                      f"effective epoch [bold]{session.devnet.ledger.effective_epoch().index}[/]",
                      f"phase [bold]{snapshot.phase}[/]")
-    parts: list[Any] = [head]
+    parts: list[Any] = [head, throughput_line(session)]
     if ctx is not None and snapshot is not None:
         parts.append(phase_bar(ctx, snapshot.height))
         parts.append(Text("G generate  g wind-down  V validate  v wind-down  · inference", style="dim"))
