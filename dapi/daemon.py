@@ -33,6 +33,7 @@ from dapi.config import Config, ConfigError, signer_secret
 from dapi.event_listener.dispatcher import Dispatcher
 from dapi.event_listener.follower import BlockFollower
 from dapi.event_listener.subscription import ChainSubscription
+from dapi.inference.validation_service import ValidationService
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.node_store import NodeStore
@@ -123,6 +124,7 @@ class Daemon:
         self.broker: Broker | None = None
         self.store = NodeStore(self.data_dir / "nodes.json")
         self.seeds: SeedManager | None = None
+        self.validation: ValidationService | None = None
         self.dispatcher: Dispatcher | None = None
         self.follower: BlockFollower | None = None
         self.subscription: ChainSubscription | None = None
@@ -197,6 +199,7 @@ class Daemon:
         self.seeds = SeedManager(self.data_dir / "seeds.json", key=self.identity.signer,
                                  account_address=self.identity.account_address, tx_sink=tx_sink)
         await self.seeds.load()
+        await self._start_validation()
         broker = self.broker
         validator = BatchValidator(chain.query, chain.rpc,
                                    lambda: [h.client for h in broker.validating_nodes()],
@@ -209,6 +212,20 @@ class Daemon:
         self.subscription.start()
         log.info("started", public=self.servers["public"].url, ml=self.servers["ml"].url,
                  admin=self.servers["admin"].url)
+
+    async def _start_validation(self) -> None:
+        """Inference validation (sampling, re-runs, MsgValidation) and the claim gate; only with a signer."""
+        if self.identity.read_only:
+            return
+        assert self.chain is not None and self.broker is not None and self.outbox is not None
+        assert self.seeds is not None
+        self.validation = ValidationService(
+            data_dir=self.data_dir, rpc=self.chain.rpc, query=self.chain.query, view=self.view, nodes=self.broker,
+            outbox=self.outbox, lookup=self.chain.broadcaster, seeds=self.seeds,
+            account=self.identity.account_address, metrics=self.metrics,
+            poll_interval=max(0.05, min(0.5, self.config.outbox.poll_interval)),
+        )
+        await self.validation.start()
 
     async def _make_signer(self) -> TxSigner:
         assert self.chain is not None and self.identity.signer is not None
@@ -290,6 +307,8 @@ class Daemon:
         if self.dispatcher is not None:
             await bounded("dispatcher duties", self.dispatcher.stop())
         await self._tasks.stop()
+        if self.validation is not None:
+            await bounded("inference validation", self.validation.stop())
         if self.outbox is not None:
             await bounded("outbox", self.outbox.stop())
         if self.broker is not None:
@@ -333,6 +352,8 @@ class Daemon:
                        "sending": bool(self.outbox and self.outbox.can_send)},
             "follower": _follower_status(self.follower),
         }
+        if self.validation is not None:
+            components["validation"] = self.validation.status()
         return {
             "version": __version__,
             "account_address": self.identity.account_address,

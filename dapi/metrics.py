@@ -42,6 +42,20 @@ class Metrics:
         self.tx_retries = Counter("dapi_tx_retries", "Broadcasts retried after a transient failure", registry=r)
         self.outbox_depth = Gauge("dapi_outbox_depth", "Messages not yet landed or dead-lettered", registry=r)
         self.chain_queries = Gauge("dapi_chain_queries", "Chain queries sent since start", registry=r)
+        self.validations = Gauge(
+            "dapi_inference_validations",
+            "Inference validations: selected, pending, sent, landed, failed (value not above the model's "
+            "threshold) since the queue began, and required (what the chain's claim check asks of the latest epoch)",
+            ["kind"], registry=r,
+        )
+        self.validation_claims_forced = Counter(
+            "dapi_validation_claims_forced",
+            "Reward claims sent at the claim deadline with required validations still missing", registry=r,
+        )
+        self.last_claim_amount = Gauge("dapi_last_claim_amount", "What the last reward claim paid (ngonka)",
+                                       registry=r)
+        self.last_claim_paid = Gauge("dapi_last_claim_paid", "1 if the last reward claim paid something, else 0",
+                                     registry=r)
 
     def batches_accepted_count(self, kind: str = "generated") -> int:
         return int(self.batches_accepted.labels(kind=kind)._value.get())
