@@ -354,6 +354,9 @@ class Daemon:
         }
         if self.validation is not None:
             components["validation"] = self.validation.status()
+        else:  # read-only: nothing is validated (nor claimed); the keys stay for dashboards
+            components["validation"] = {"healthy": False, "enabled": False, "selected": 0, "pending": 0, "sent": 0,
+                                        "landed": 0, "failed": 0, "required": 0, "claim": None}
         return {
             "version": __version__,
             "account_address": self.identity.account_address,
