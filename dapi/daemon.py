@@ -217,8 +217,7 @@ class Daemon:
         """Inference validation (sampling, re-runs, MsgValidation) and the claim gate; only with a signer."""
         if self.identity.read_only:
             return
-        assert self.chain is not None and self.broker is not None and self.outbox is not None
-        assert self.seeds is not None
+        assert self.chain and self.broker and self.outbox and self.seeds
         self.validation = ValidationService(
             data_dir=self.data_dir, rpc=self.chain.rpc, query=self.chain.query, view=self.view, nodes=self.broker,
             outbox=self.outbox, lookup=self.chain.broadcaster, seeds=self.seeds,
@@ -352,11 +351,7 @@ class Daemon:
                        "sending": bool(self.outbox and self.outbox.can_send)},
             "follower": _follower_status(self.follower),
         }
-        if self.validation is not None:
-            components["validation"] = self.validation.status()
-        else:  # read-only: nothing is validated (nor claimed); the keys stay for dashboards
-            components["validation"] = {"healthy": False, "enabled": False, "selected": 0, "pending": 0, "sent": 0,
-                                        "landed": 0, "failed": 0, "required": 0, "claim": None}
+        components["validation"] = self.validation.status() if self.validation else ValidationService.disabled()
         return {
             "version": __version__,
             "account_address": self.identity.account_address,

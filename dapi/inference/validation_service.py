@@ -136,9 +136,15 @@ class ValidationService:
         counts = self.by_epoch.get(epoch, {})
         return {k: counts.get(k, 0) for k in ("required", "sent", "landed", "failed")}
 
+    @staticmethod
+    def disabled() -> dict[str, Any]:
+        """The status of a read-only daemon: nothing is validated nor claimed; the keys stay for dashboards."""
+        return {"healthy": False, "enabled": False, **dict.fromkeys(COUNT_KEYS, 0), "claim": None}
+
     def status(self) -> dict[str, Any]:
         claim = self.last_claim
         return {
+            "enabled": True,
             "healthy": self.claims_forced == 0 and not (claim and claim.get("state") == "landed"
                                                          and not claim.get("amount")),
             **{k: int(self.counts.get(k, 0)) for k in COUNT_KEYS},
