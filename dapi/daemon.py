@@ -134,7 +134,8 @@ class Daemon:
         self.subscription: ChainSubscription | None = None
         self.servers: dict[str, EmbeddedServer] = {}
         self.inference: InferenceService | None = None
-        self.inference_stats = InferenceStats(on_record=self.metrics.inference_request)
+        self.inference_stats = InferenceStats(on_record=self.metrics.inference_request,
+                                              on_retry=self.metrics.inference_retried)
         self._http: httpx.AsyncClient | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
