@@ -44,6 +44,7 @@ from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
+from dapi.server.admin.feed import DashboardFeed
 from dapi.server.mlnode.app import BrokerNodes, create_mlnode_app
 from dapi.server.public.app import create_public_app
 
@@ -127,6 +128,7 @@ class Daemon:
         self.follower: BlockFollower | None = None
         self.subscription: ChainSubscription | None = None
         self.servers: dict[str, EmbeddedServer] = {}
+        self.dashboard: DashboardFeed | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
         self.should_exit = asyncio.Event()
@@ -230,7 +232,11 @@ class Daemon:
                                participant_pubkey_hex=self.identity.pubkey_hex,
                                legacy_callbacks=api.ml_legacy_callbacks, metrics=self.metrics,
                                body_limit=api.ml_body_limit, max_tx_bytes=self.config.chain_node.max_tx_bytes)
-        admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
+        self.dashboard = DashboardFeed(broker=broker, view=self.view, outbox=self.outbox, metrics=self.metrics,
+                                       status=self.status, claimed_epoch=self._claimed_epoch)
+        await self.dashboard.start()
+        admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token,
+                                 dashboard=self.dashboard)
         limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):
@@ -290,6 +296,8 @@ class Daemon:
         if self.dispatcher is not None:
             await bounded("dispatcher duties", self.dispatcher.stop())
         await self._tasks.stop()
+        if self.dashboard is not None:
+            await bounded("dashboard", self.dashboard.stop())
         if self.outbox is not None:
             await bounded("outbox", self.outbox.stop())
         if self.broker is not None:
@@ -301,6 +309,9 @@ class Daemon:
         log.info("stopped")
 
     # -- status ----------------------------------------------------------------------------------
+
+    def _claimed_epoch(self) -> int | None:
+        return self.seeds.last_claimed_epoch if self.seeds is not None else None
 
     def _refresh_metrics(self) -> None:
         if self.broker is None:

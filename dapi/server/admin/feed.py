@@ -1,0 +1,401 @@
+"""What the operator dashboard shows, gathered from the daemon's parts, and the short history behind its charts.
+
+``DashboardFeed`` reads the broker, the chain view, the outbox and the metrics; it never changes any of
+them. One owned task samples them every ``tick`` seconds: PoC batch counts are attributed to the PoC stage
+running when they changed (a batch is accepted only inside its stage's exchange window and lands seconds
+later, so the stage at the moment of the change is the batch's stage), and every ``point_every`` seconds a
+point of the last hour's charts is kept. Inference and validation figures come from the daemon's status
+(``components["inference"]`` and ``components["validation"]``) when the daemon has them; without them those
+sections say they are not available.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from dapi.broker.state import EpochState, NodeDiagnostics, NodeResponse
+from dapi.chain.epochs import EpochContext, Phase
+from dapi.chain.outbox_store import DeadLetter
+from dapi.chain.view import ChainView
+from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
+from dapi.metrics import Metrics
+from dapi.runtime.tasks import TaskOwner
+
+__all__ = ["BoardBroker", "BoardOutbox", "DashboardFeed", "phase_bar"]
+
+POC_BATCH = "/inference.inference.MsgSubmitPocBatch"
+KEEP_STAGES = 8
+KEEP_EPOCHS = 8
+HOUR = 3600.0
+DEAD_LETTERS_SHOWN = 20
+
+
+class BoardBroker(Protocol):
+    """What the dashboard reads of the broker."""
+
+    last_command: str | None
+
+    def nodes(self) -> list[NodeResponse]: ...
+
+    def diagnostics(self) -> dict[str, NodeDiagnostics]: ...
+
+    @property
+    def epoch_state(self) -> EpochState | None: ...
+
+
+class BoardOutbox(Protocol):
+    """What the dashboard reads of the outbox: counts per state and the dead letters."""
+
+    async def counts(self) -> dict[str, int]: ...
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]: ...
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def phase_bar(ctx: EpochContext, height: int) -> dict[str, Any]:
+    """The blocks from this epoch's PoC start to the next one, as phase segments, with the named boundaries.
+
+    Before the first PoC (the genesis epoch) the bar runs from block 0 to the first PoC start.
+    """
+    if ctx.is_genesis:
+        first = ctx.next_poc_start
+        return {"start": 0, "end": first, "position": height,
+                "segments": [{"phase": str(Phase.INFERENCE), "start": 0, "end": first}],
+                "boundaries": [{"name": "PoC start", "height": first, "passed": height >= first}]}
+    named = [
+        ("PoC start", ctx.start_of_poc),
+        ("generation wind-down", ctx.poc_generation_wind_down),
+        ("end of generation", ctx.end_of_poc_generation),
+        ("validation start", ctx.start_of_poc_validation),
+        ("validation wind-down", ctx.poc_validation_wind_down),
+        ("end of validation", ctx.end_of_poc_validation),
+        ("set new validators", ctx.set_new_validators),
+        ("claim rewards", ctx.claim_money),
+        ("next PoC start", ctx.next_poc_start),
+    ]
+    cuts = [
+        (Phase.POC_GENERATE, ctx.start_of_poc, ctx.poc_generation_wind_down),
+        (Phase.POC_GENERATE_WIND_DOWN, ctx.poc_generation_wind_down, ctx.start_of_poc_validation),
+        (Phase.POC_VALIDATE, ctx.start_of_poc_validation, ctx.poc_validation_wind_down),
+        (Phase.POC_VALIDATE_WIND_DOWN, ctx.poc_validation_wind_down, ctx.end_of_poc_validation),
+        (Phase.INFERENCE, ctx.end_of_poc_validation, ctx.next_poc_start),
+    ]
+    return {
+        "start": ctx.start_of_poc,
+        "end": ctx.next_poc_start,
+        "position": height,
+        "segments": [{"phase": str(p), "start": a, "end": b} for p, a, b in cuts if b > a],
+        "boundaries": [{"name": n, "height": h, "passed": height >= h} for n, h in named],
+    }
+
+
+def _slots(response: NodeResponse) -> tuple[bool, bool]:
+    pre = poc = False
+    for info in response.state.epoch_ml_nodes.values():
+        alloc = list(info.timeslot_allocation)
+        pre = pre or (len(alloc) > 0 and alloc[0])
+        poc = poc or (len(alloc) > 1 and alloc[1])
+    return pre, poc
+
+
+def _node_row(response: NodeResponse, diag: NodeDiagnostics | None) -> dict[str, Any]:
+    st, node = response.state, response.node
+    pre, poc = _slots(response)
+    return {
+        "id": node.id,
+        "node_num": node.node_num,
+        "intended_status": st.intended_status.name,
+        "current_status": st.current_status.name,
+        "poc_intended_status": st.poc_intended_status.value,
+        "poc_current_status": st.poc_current_status.value,
+        "served_model": st.served_model,
+        "epoch_models": sorted(st.epoch_models),
+        "pre_poc_slot": pre,
+        "poc_slot": poc,
+        "failure_reason": st.failure_reason,
+        "failures": diag.failures if diag else 0,
+        "retry_in_seconds": diag.retry_in if diag else None,
+        "decision": diag.decision if diag else None,
+        "decision_reason": diag.reason if diag else None,
+        "enabled": st.admin_state.enabled,
+        "admin_epoch": st.admin_state.epoch,
+        "in_flight": st.lock_count,
+        "max_concurrent": node.config.max_concurrent,
+        "weight": sum(info.poc_weight for info in st.epoch_ml_nodes.values()),
+    }
+
+
+def _inference_totals(inference: Mapping[str, Any] | None) -> int | None:
+    if not inference:
+        return None
+    total = 0
+    for role in ("ta", "executor"):
+        part = inference.get(role) or {}
+        total += int(part.get("ok", 0)) + sum(int(v) for v in (part.get("failed") or {}).values())
+    return total
+
+
+@dataclass
+class _Stage:
+    accepted: int = 0
+    landed: int = 0
+    dead: int = 0
+
+
+@dataclass
+class _EpochRecord:
+    weight: int | None = None
+    claim_sent: bool = False
+    claim_landed: bool = False
+    validations: dict[str, int] | None = None
+
+
+@dataclass
+class _Totals:
+    """Cumulative counters as last sampled, to turn into per-stage and per-second deltas."""
+
+    accepted: int = 0
+    landed: int = 0
+    dead: int = 0
+    dead_total: int = -1
+    claims_landed: int = 0
+    requests: int | None = None
+    validations: dict[str, int] | None = None
+    stage_dead: dict[int, int] = field(default_factory=dict)
+
+
+class DashboardFeed:
+    """The dashboard's documents: :meth:`dashboard` (now) and :meth:`history` (charts); :meth:`start` samples.
+
+    Args:
+        broker: the ML nodes, their diagnostics and the epoch state.
+        view: the chain as of the last processed block.
+        outbox: the transaction outbox (None: read-only daemon without one).
+        metrics: the daemon's counters (batches, landed txs).
+        status: the daemon's ``/v1/status`` document (chain sync, optional inference and validation).
+        claimed_epoch: the last epoch whose rewards were claimed (None: none yet).
+        tick: seconds between samples; point_every: seconds between kept chart points.
+        clock: wall-clock seconds (tests pass a fake one).
+    """
+
+    def __init__(self, *, broker: BoardBroker, view: ChainView, outbox: BoardOutbox | None, metrics: Metrics,
+                 status: Callable[[], dict[str, Any]], claimed_epoch: Callable[[], int | None] = lambda: None,
+                 tick: float = 1.0, point_every: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+        self._broker = broker
+        self._view = view
+        self._outbox = outbox
+        self._metrics = metrics
+        self._status = status
+        self._claimed_epoch = claimed_epoch
+        self.tick = tick
+        self.point_every = point_every
+        self._clock = clock
+        self._stages: dict[int, _Stage] = {}
+        self._epochs: dict[int, _EpochRecord] = {}
+        self._points: deque[dict[str, Any]] = deque(maxlen=max(1, int(HOUR / point_every)))
+        self._totals = _Totals()
+        self._last_point: tuple[float, int | None, int] | None = None
+        self._dead_letters: list[DeadLetter] = []
+        self._tasks = TaskOwner("dashboard")
+        self.samples = 0
+
+    async def start(self) -> None:
+        await self.sample()  # the baseline: what happened before the start is not attributed to any stage
+        self._tasks.supervise(self._loop, "dashboard-sampler")
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            await self.sample()
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    async def sample(self) -> None:
+        """Read the counters once: attribute their changes to the running stage and epoch, keep chart points."""
+        snapshot = self._view.snapshot
+        components = self._status().get("components", {})
+        t = self._totals
+        first = self.samples == 0
+        accepted = self._metrics.batches_accepted_count("generated")
+        landed = self._landed("MsgSubmitPocBatch")
+        claims_landed = self._landed("MsgClaimRewards")
+        counts = await self._outbox.counts() if self._outbox else {}
+        if self._outbox is not None and counts.get("dead", 0) != t.dead_total:
+            self._dead_letters = await self._outbox.dead_letters(100_000)
+            t.dead_total = counts.get("dead", 0)
+        dead = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
+        if snapshot is not None and not first:
+            stage = self._stages.setdefault(snapshot.latest_epoch.poc_start_block_height, _Stage())
+            stage.accepted += accepted - t.accepted
+            stage.landed += landed - t.landed
+            stage.dead += dead - t.dead
+            self._prune(self._stages, KEEP_STAGES)
+        t.accepted, t.landed, t.dead = accepted, landed, dead
+        self._sample_epoch(snapshot.latest_epoch.index if snapshot else None, claims_landed, first,
+                           components.get("validation"))
+        requests = _inference_totals(components.get("inference"))
+        now = self._clock()
+        if self._last_point is None:
+            self._last_point = (now, requests, accepted)
+        elif now - self._last_point[0] >= self.point_every:
+            self._add_point(now, requests, accepted, components.get("inference"))
+        self.samples += 1
+
+    def _landed(self, type_name: str) -> int:
+        return int(self._metrics.txs_landed.labels(type=type_name)._value.get())
+
+    def _sample_epoch(self, latest: int | None, claims_landed: int, first: bool,
+                      validation: Mapping[str, int] | None) -> None:
+        t = self._totals
+        diags = self._broker.diagnostics()
+        held = next((d.epoch_data_epoch for d in diags.values() if d.epoch_data_epoch is not None), None)
+        if held is not None:
+            self._epochs.setdefault(held, _EpochRecord()).weight = sum(
+                sum(info.poc_weight for info in r.state.epoch_ml_nodes.values()) for r in self._broker.nodes())
+        claimed = self._claimed_epoch()
+        if claimed is not None:
+            record = self._epochs.setdefault(claimed, _EpochRecord())
+            record.claim_sent = True
+            if claims_landed > t.claims_landed and not first:
+                record.claim_landed = True
+        t.claims_landed = claims_landed
+        if validation is not None and latest is not None:
+            now = {k: int(v) for k, v in validation.items()}
+            if t.validations is not None and not first:
+                record = self._epochs.setdefault(latest, _EpochRecord())
+                record.validations = {k: (record.validations or {}).get(k, 0) + now[k] - t.validations.get(k, 0)
+                                      for k in now}
+            t.validations = now
+        self._prune(self._epochs, KEEP_EPOCHS)
+
+    def _add_point(self, now: float, requests: int | None, accepted: int,
+                   inference: Mapping[str, Any] | None) -> None:
+        assert self._last_point is not None
+        then, before, accepted_before = self._last_point
+        dt = now - then
+        ta = (inference or {}).get("ta") or {}
+        self._points.append({
+            "t": _iso(now),
+            "requests_per_s": None if requests is None or before is None else round((requests - before) / dt, 3),
+            "p50_ms": ta.get("p50_ms"),
+            "p99_ms": ta.get("p99_ms"),
+            "batches_per_s": round((accepted - accepted_before) / dt, 3),
+        })
+        self._last_point = (now, requests, accepted)
+
+    @staticmethod
+    def _prune(records: dict[int, Any], keep: int) -> None:
+        for key in sorted(records)[:-keep]:
+            del records[key]
+
+    # -- documents --------------------------------------------------------------------------------
+
+    async def dashboard(self) -> dict[str, Any]:
+        status = self._status()
+        components = status.get("components", {})
+        return {
+            "generated_at": _iso(self._clock()),
+            "account_address": status.get("account_address", ""),
+            "read_only": bool(status.get("read_only", False)),
+            "chain": self._chain(status.get("chain", {})),
+            "nodes": self._nodes(),
+            "poc": self._poc(),
+            "inference": components.get("inference"),
+            "validation": components.get("validation"),
+            "outbox": await self._outbox_view(),
+        }
+
+    def _chain(self, chain: Mapping[str, Any]) -> dict[str, Any]:
+        snapshot = self._view.snapshot
+        state = self._broker.epoch_state
+        doc: dict[str, Any] = {
+            "height": chain.get("last_height"),
+            "seconds_since_last_block": chain.get("seconds_since_last_block"),
+            "synced": bool(chain.get("synced")),
+            "websocket_connected": bool(chain.get("websocket_connected")),
+            "epoch": snapshot.latest_epoch.index if snapshot else None,
+            "effective_epoch": state.effective_epoch_index if state else None,
+            "phase": str(snapshot.phase) if snapshot else None,
+            "phase_bar": phase_bar(snapshot.context, snapshot.height) if snapshot else None,
+            "policy": self._policy(),
+            "epoch_params": None,
+        }
+        if snapshot is not None:
+            p = snapshot.epoch_params
+            doc["epoch_params"] = {
+                "epoch_length": p.epoch_length, "poc_stage_duration": p.poc_stage_duration,
+                "poc_exchange_duration": p.poc_exchange_duration, "poc_validation_delay": p.poc_validation_delay,
+                "poc_validation_duration": p.poc_validation_duration,
+                "set_new_validators_delay": p.set_new_validators_delay,
+            }
+        return doc
+
+    def _policy(self) -> dict[str, Any]:
+        """The phase command in force and what it made of the nodes: how many mine, keep serving, stop."""
+        decisions: dict[str, int] = {}
+        for diag in self._broker.diagnostics().values():
+            if diag.decision is not None:
+                decisions[diag.decision] = decisions.get(diag.decision, 0) + 1
+        return {"command": self._broker.last_command, "decisions": decisions}
+
+    def _nodes(self) -> list[dict[str, Any]]:
+        diags = self._broker.diagnostics()
+        items = sorted(self._broker.nodes(), key=lambda r: r.node.node_num)
+        return [_node_row(r, diags.get(r.node.id)) for r in items]
+
+    def _poc(self) -> dict[str, Any]:
+        return {
+            "accepted": self._metrics.batches_accepted_count("generated"),
+            "validated": self._metrics.batches_accepted_count("validated"),
+            "refused": self._metrics.batches_refused_count(late=False),
+            "late": self._metrics.batches_refused_count(late=True),
+            "landed": self._landed("MsgSubmitPocBatch"),
+            "dead_lettered": self._totals.dead,
+            "stages": [{"stage": h, "accepted": s.accepted, "landed": s.landed, "dead_lettered": s.dead}
+                       for h, s in sorted(self._stages.items(), reverse=True)],
+        }
+
+    async def _outbox_view(self) -> dict[str, Any] | None:
+        if self._outbox is None:
+            return None
+        counts = await self._outbox.counts()
+        recent: Iterable[DeadLetter] = self._dead_letters[-DEAD_LETTERS_SHOWN:]
+        return {
+            "counts": counts,
+            "depth": counts.get("pending", 0) + counts.get("sent", 0),
+            "dead_letters": [{"id": d.id, "type": d.type_url.rsplit(".", 1)[-1], "stage": d.stage, "code": d.code,
+                              "codespace": d.codespace, "log": d.log[:300], "failed_at": _iso(d.failed_at),
+                              "poc_stage": _poc_stage(d)} for d in reversed(list(recent))],
+        }
+
+    def history(self) -> dict[str, Any]:
+        return {
+            "point_seconds": self.point_every,
+            "points": list(self._points),
+            "epochs": [{"epoch": e, "weight": r.weight, "claim_sent": r.claim_sent, "claim_landed": r.claim_landed,
+                        "validations": r.validations} for e, r in sorted(self._epochs.items())],
+        }
+
+
+def _poc_stage(letter: DeadLetter) -> int | None:
+    """The PoC stage a dead-lettered batch was for (None for other messages or an unreadable body)."""
+    if letter.type_url != POC_BATCH:
+        return None
+    msg = MsgSubmitPocBatch()
+    try:
+        msg.ParseFromString(letter.body)
+    except Exception:
+        return None
+    return msg.poc_stage_start_block_height
