@@ -146,7 +146,8 @@ class DashboardFeed:
             self._dead_letters = await self._outbox.dead_letters(100_000)
             t.dead_total = counts.get("dead", 0)
         dead = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
-        if snapshot is not None and not first:
+        # The genesis epoch has no PoC stage to count batches against.
+        if snapshot is not None and snapshot.latest_epoch.index > 0 and not first:
             stage = self._stages.setdefault(snapshot.latest_epoch.poc_start_block_height, _Stage())
             stage.accepted += accepted - t.accepted
             stage.landed += landed - t.landed

@@ -129,7 +129,7 @@ function renderNodes(nodes) {
     button.addEventListener("click", () => setEnabled(n, !n.enabled));
     const admin = el("span", {}, el("span", { class: "admin-state" }, n.enabled ? "enabled " : `disabled (epoch ${n.admin_epoch}) `), button);
     return el("tr", { "data-node": n.id },
-      el("td", { class: "mono" }, n.id),
+      el("td", { class: "mono id" }, n.id),
       el("td", {}, n.node_num),
       el("td", { class: `status intended ${n.intended_status}` }, n.intended_status),
       el("td", { class: `status current ${n.current_status}` }, n.current_status),
@@ -189,10 +189,14 @@ function renderOutbox(outbox) {
 
 // -- charts ----------------------------------------------------------------------------------------
 
-function barChart(id, labels, values, altFlags) {
+function noData(holder, missing) {
+  holder.replaceChildren(el("p", { class: "na" }, missing || "no data yet"));
+}
+
+function barChart(id, labels, values, altFlags, missing) {
   const holder = document.getElementById(id);
   const known = values.filter((v) => v !== null && v !== undefined);
-  if (!known.length) { holder.replaceChildren(notAvailable("no data yet")); return; }
+  if (!known.length) { noData(holder, missing); return; }
   const max = Math.max(1, ...known);
   const w = 300, h = 90, n = values.length, gap = 4, bw = Math.max(2, (w - gap * (n + 1)) / n);
   const drawing = svg("svg", { viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img" });
@@ -208,10 +212,10 @@ function barChart(id, labels, values, altFlags) {
   holder.replaceChildren(drawing);
 }
 
-function lineChart(id, series) {
+function lineChart(id, series, missing) {
   const holder = document.getElementById(id);
   const all = series.flatMap((s) => s.values.filter((v) => v !== null && v !== undefined));
-  if (!all.length) { holder.replaceChildren(notAvailable("no data yet")); return; }
+  if (!all.length) { noData(holder, missing); return; }
   const max = Math.max(...all) || 1;
   const w = 300, h = 90, n = Math.max(2, series[0].values.length);
   const drawing = svg("svg", { viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none", role: "img" });
@@ -228,10 +232,15 @@ function renderHistory(history) {
   const labels = epochs.map((e) => String(e.epoch));
   barChart("chart-weight", labels, epochs.map((e) => e.weight));
   barChart("chart-claims", labels, epochs.map((e) => (e.claim_sent ? 1 : 0)), epochs.map((e) => e.claim_landed));
-  barChart("chart-validations", labels, epochs.map((e) => (e.validations ? e.validations.landed ?? 0 : null)));
+  const absent = "not available (this daemon does not report it yet)";
+  const noValidations = epochs.every((e) => !e.validations);
+  barChart("chart-validations", labels, epochs.map((e) => (e.validations ? e.validations.landed ?? 0 : null)), null,
+    noValidations && !lastDoc?.validation ? absent : null);
   const points = history.points;
-  lineChart("chart-rps", [{ values: points.map((p) => p.requests_per_s) }]);
-  lineChart("chart-latency", [{ values: points.map((p) => p.p50_ms) }, { values: points.map((p) => p.p99_ms) }]);
+  const noInference = !lastDoc?.inference;
+  lineChart("chart-rps", [{ values: points.map((p) => p.requests_per_s) }], noInference ? absent : null);
+  lineChart("chart-latency", [{ values: points.map((p) => p.p50_ms) }, { values: points.map((p) => p.p99_ms) }],
+    noInference ? absent : null);
   lineChart("chart-batches", [{ values: points.map((p) => p.batches_per_s) }]);
 }
 
@@ -239,6 +248,7 @@ function renderHistory(history) {
 
 let polls = 0;
 let busy = false;
+let lastDoc = null;
 
 async function poll() {
   if (busy) return;
@@ -246,6 +256,7 @@ async function poll() {
   const conn = document.getElementById("conn");
   try {
     const doc = await getJson("/admin/v1/dashboard");
+    lastDoc = doc;
     renderChain(doc);
     renderNodes(doc.nodes);
     renderPoc(doc.poc);
