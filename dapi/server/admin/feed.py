@@ -1,10 +1,10 @@
 """What the operator dashboard shows, gathered from the daemon's parts, and the short history behind its charts.
 
 ``DashboardFeed`` reads the broker, the chain view, the outbox and the metrics; it never changes any of
-them. One owned task samples them every ``tick`` seconds: PoC batch counts are attributed to the PoC stage
-running when they changed (a batch is accepted only inside its stage's exchange window and lands seconds
-later, so the stage at the moment of the change is the batch's stage), and every ``point_every`` seconds a
-point of the last hour's charts is kept. Inference and validation figures come from the daemon's status
+them. One owned task samples them every ``tick`` seconds, and each dashboard request does too. PoC batch
+counts are attributed to the PoC stage running when they changed (a batch is accepted only inside its
+stage's exchange window and lands seconds later, so the stage at the moment of the change is the batch's
+stage), and every ``point_every`` seconds a point of the last hour's charts is kept. Inference and validation figures come from the daemon's status
 (``components["inference"]`` and ``components["validation"]``) when the daemon has them; without them those
 sections say they are not available.
 """
@@ -116,6 +116,7 @@ class DashboardFeed:
         self._last_point: tuple[float, int | None, int] | None = None
         self._dead_letters: list[DeadLetter] = []
         self._tasks = TaskOwner("dashboard")
+        self._sampling = asyncio.Lock()  # the sampler task and page requests both sample; one at a time
         self.samples = 0
 
     async def start(self) -> None:
@@ -134,6 +135,10 @@ class DashboardFeed:
 
     async def sample(self) -> None:
         """Read the counters once: attribute their changes to the running stage and epoch, keep chart points."""
+        async with self._sampling:
+            await self._sample()
+
+    async def _sample(self) -> None:
         snapshot = self._view.snapshot
         components = self._status().get("components", {})
         t = self._totals
@@ -214,6 +219,7 @@ class DashboardFeed:
     # -- documents --------------------------------------------------------------------------------
 
     async def dashboard(self) -> dict[str, Any]:
+        await self.sample()  # so the per-stage counts agree with the totals shown beside them
         status = self._status()
         components = status.get("components", {})
         return {
