@@ -4,9 +4,10 @@
 them. One owned task samples them every ``tick`` seconds, and each dashboard request does too. PoC batch
 counts are attributed to the PoC stage running when they changed (a batch is accepted only inside its
 stage's exchange window and lands seconds later, so the stage at the moment of the change is the batch's
-stage), and every ``point_every`` seconds a point of the last hour's charts is kept. Inference and validation figures come from the daemon's status
-(``components["inference"]`` and ``components["validation"]``) when the daemon has them; without them those
-sections say they are not available.
+stage), and every ``point_every`` seconds a point of the last hour's charts is kept. Inference and
+validation figures come from the daemon's status (``components["inference"]`` and
+``components["validation"]``) when the daemon has them; without them those sections say they are not
+available.
 """
 
 from __future__ import annotations
