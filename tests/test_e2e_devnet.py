@@ -49,5 +49,7 @@ async def test_live_view_shows_the_nodes_and_their_marks() -> None:
         console = Console(record=True, width=140)
         console.print(render(session, {"landed": 3, "pending": 1, "sent": 0, "dead": 0}))
         text = console.export_text()
+        dashboard = f"{session.admin_url}/admin/ui"
     assert "node1" in text and "node2" in text and "POC_SLOT" in text
     assert "txs landed 3" in text and "/v1/models" in text and "effective epoch" in text
+    assert dashboard in text
