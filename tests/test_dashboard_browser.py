@@ -108,8 +108,10 @@ async def test_disabling_a_node_from_the_page_asks_first_and_stops_it_at_the_nex
 
         page.once("dialog", dismiss)
         await button.click()
-        await page.wait_for_function("() => true")  # let the click's handler run
         assert asked and target in asked[0]
+        # Two more polls later (time for a request the click might have sent), the node is still enabled.
+        polls = int(await page.evaluate("() => document.body.dataset.polls"))
+        await page.wait_for_function(f"() => Number(document.body.dataset.polls) >= {polls + 2}", timeout=TIMEOUT_MS)
         node = broker.node(target)
         assert node is not None and node.state.admin_state.enabled  # dismissed: nothing changed
 
