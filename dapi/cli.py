@@ -41,7 +41,7 @@ def _positive_float(text: str) -> float:
 
 
 # Kept here (not imported from the devnet) so that `dapi run` never loads the simulator.
-POC_SLOT_POLICIES = ("weight", "half-nodes", "none")
+POC_SLOT_POLICIES = ("weight", "half-nodes", "demand", "none")
 MISBEHAVIOUR_KINDS = ("mine-with-poc-slot", "skip-seed", "forge-batches", "wrong-inference-output")
 
 
@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--misbehave", action="append", default=[], metavar="PEER=KIND[,KIND...]",
                         help=f"make a simulated peer break a rule; kinds: {', '.join(MISBEHAVIOUR_KINDS)} "
                              "(repeatable)")
+    devnet.add_argument("--load", type=_positive_float, default=None, metavar="RPS",
+                        help="send seeded chat completions through the own daemon as Transfer Agent, RPS per second "
+                             "on average (Poisson arrivals), from the first effective epoch on")
+    devnet.add_argument("--load-seed", type=int, default=0, metavar="S",
+                        help="seed of the load's arrivals, models, prompts and lengths (default 0)")
     devnet.add_argument("--epochs", type=_positive_int, default=None, metavar="K",
                         help="stop after K full epochs and print a summary")
     devnet.add_argument("--base-port", type=_port, default=None, metavar="P",
@@ -105,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "devnet":
         if args.write_config and not args.no_daemon:
             print("dapi devnet: --write-config needs --no-daemon", file=sys.stderr)
+            return 2
+        if args.load is not None and args.no_daemon:
+            print("dapi devnet: --load sends through the own daemon, which --no-daemon does not start",
+                  file=sys.stderr)
             return 2
         from dapi.testbed.command import run_no_daemon, run_with_daemon
 

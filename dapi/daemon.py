@@ -15,9 +15,10 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from dapi import __version__
 from dapi.broker import Broker, QueryChainReader
@@ -33,6 +34,9 @@ from dapi.config import Config, ConfigError, signer_secret
 from dapi.event_listener.dispatcher import Dispatcher
 from dapi.event_listener.follower import BlockFollower
 from dapi.event_listener.subscription import ChainSubscription
+from dapi.inference.broker_nodes import BrokerNodePool
+from dapi.inference.service import InferenceService, build_inference
+from dapi.inference.stats import InferenceStats
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.node_store import NodeStore
@@ -128,6 +132,9 @@ class Daemon:
         self.follower: BlockFollower | None = None
         self.subscription: ChainSubscription | None = None
         self.servers: dict[str, EmbeddedServer] = {}
+        self.inference: InferenceService | None = None
+        self.inference_stats = InferenceStats(on_record=self.metrics.inference_request)
+        self._http: httpx.AsyncClient | None = None
         self.dashboard: DashboardFeed | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
@@ -223,10 +230,11 @@ class Daemon:
         api = self.config.api
         assert self.broker is not None and self.outbox is not None and self.chain is not None
         broker, chain = self.broker, self.chain
+        self.inference = self._build_inference()
         public = create_public_app(cache=broker.epoch_cache, chain=self.view, status=self.status,
                                    poc_batches=chain.query.poc_batches_for_stage,
                                    dynamic_pricing=DynamicPricing(chain.query, self.view), metrics=self.metrics,
-                                   before_metrics=self._refresh_metrics)
+                                   before_metrics=self._refresh_metrics, inference=self.inference)
         ml = create_mlnode_app(nodes=BrokerNodes(broker), outbox=self.outbox,
                                account_address=self.identity.account_address,
                                participant_pubkey_hex=self.identity.pubkey_hex,
@@ -243,6 +251,17 @@ class Daemon:
             server = EmbeddedServer(app, host=host, sock=sockets.pop(name), limits=limits)
             await server.start()
             self.servers[name] = server
+
+    def _build_inference(self) -> InferenceService:
+        """The TA and executor (DESIGN.md §8); read-only without a signer key."""
+        assert self.broker is not None and self.chain is not None and self.outbox is not None
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0),
+                                       limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        return build_inference(
+            address=self.identity.account_address, signer=self.identity.signer, query=self.chain.query,
+            rpc=self.chain.rpc, view=self.view, nodes=BrokerNodePool(self.broker),
+            sink=self.outbox if self.identity.signer else None, http=self._http,
+            public_url=self.config.api.public_url, stats=self.inference_stats)
 
     async def _register_nodes(self) -> None:
         """Register the configured (and admin-added) nodes, retrying while governance cannot be read."""
@@ -304,6 +323,8 @@ class Daemon:
             await bounded("broker", self.broker.stop())
         for name in list(self.servers):
             await bounded(f"{name} server", self.servers.pop(name).stop(1.0))
+        if self._http is not None:
+            await bounded("inference http client", self._http.aclose())
         if self.chain is not None:
             await bounded("chain client", self.chain.aclose())
         log.info("stopped")
@@ -342,7 +363,8 @@ class Daemon:
                        "registration": self.registration_error or "done"},
             "outbox": {"healthy": self.outbox is not None, "depth": self.metrics.outbox_depth_value(),
                        "sending": bool(self.outbox and self.outbox.can_send)},
-            "follower": _follower_status(self.follower),
+            "follower": self.follower.status() if self.follower else BlockFollower.idle_status(),
+            "inference": {"serving": bool(self.inference and self.inference.ta), **self.inference_stats.summary()},
         }
         return {
             "version": __version__,
@@ -352,29 +374,6 @@ class Daemon:
             "chain": chain,
             "components": components,
         }
-
-
-def _follower_status(follower: BlockFollower | None) -> dict[str, Any]:
-    """Progress, the height being retried (if any) and the heights skipped: nothing is dropped unseen."""
-    if follower is None:
-        return {"processed": 0, "replayed": 0, "retrying": None, "skipped_heights": 0, "skipped": []}
-    retrying = follower.retrying
-    return {
-        "processed": follower.processed,
-        "replayed": follower.replayed,
-        "retrying": None if retrying is None else {
-            "height": retrying.height,
-            "attempts": retrying.attempts,
-            "last_error": retrying.last_error,
-            "seconds": round(time.monotonic() - retrying.since, 1),
-        },
-        "skipped_heights": follower.skipped_heights,
-        "skipped": [
-            {"first": r.first, "last": r.last, "heights": r.heights, "reason": r.reason, "error": r.detail,
-             "at": datetime.fromtimestamp(r.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
-            for r in follower.skipped
-        ],
-    }
 
 
 async def run(config: Config) -> int:

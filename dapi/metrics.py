@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -42,6 +42,20 @@ class Metrics:
         self.tx_retries = Counter("dapi_tx_retries", "Broadcasts retried after a transient failure", registry=r)
         self.outbox_depth = Gauge("dapi_outbox_depth", "Messages not yet landed or dead-lettered", registry=r)
         self.chain_queries = Gauge("dapi_chain_queries", "Chain queries sent since start", registry=r)
+        self.inference_requests = Counter(
+            "dapi_inference_requests", "Chat completions by role (ta, executor), model and outcome ('ok' or why not)",
+            ["role", "model", "outcome"], registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "dapi_inference_seconds", "Duration of chat completions served in full, by role", ["role"], registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+        )
+
+    def inference_request(self, role: str, model: str, outcome: str, seconds: float) -> None:
+        # Refusal messages can carry addresses; keep the label set bounded to the message's first words.
+        self.inference_requests.labels(role=role, model=model, outcome=outcome[:60]).inc()
+        if outcome == "ok":
+            self.inference_seconds.labels(role=role).observe(seconds)
 
     def batches_accepted_count(self, kind: str = "generated") -> int:
         return int(self.batches_accepted.labels(kind=kind)._value.get())

@@ -5,6 +5,8 @@ No ML node is called here (the broker is not started), so nodes point at an unus
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from broker_fakes import (
     MODEL_A,
@@ -295,3 +297,70 @@ async def test_chain_adapter_maps_the_daemons_clients() -> None:
     assert (await adapter.current_epoch_group_data()).epoch_index == 7
     assert (await adapter.hardware_nodes("me")).participant == "me"
     assert await adapter.block_hash(12) == "ABC12"
+
+
+# --- the pre-PoC selection (DESIGN.md §6.1; a chain param that is not upstream) ----------------------------
+
+SELECTING = dataclasses.replace(PARAMS, pre_poc_selection_offset=2)
+SEL1 = EpochContext.for_epoch(E1, SELECTING)
+
+
+def reselect_epoch1(chain: FakeChain) -> None:
+    """The chain's pre-PoC block rewrote the flags: n1 now mines, n3 serves."""
+    form_epoch1(chain)
+    chain.form_epoch(
+        1,
+        {MODEL_A: [ml_node("n1"), ml_node("n3", True, True)], MODEL_B: [ml_node("n2")]},
+        others={OTHER_PARTICIPANT: {MODEL_A: [ml_node("n2", False, True)], MODEL_C: [ml_node("n1", False, True)]}},
+        price=1234,
+    )
+
+
+async def test_allocations_are_read_again_at_the_pre_poc_selection_height_and_only_then(
+    broker: Broker, chain: FakeChain
+) -> None:
+    form_epoch1(chain)
+    chain.current_epoch = 1
+    selection = SEL1.pre_poc_selection
+    assert selection == SEL1.next_poc_start - 2
+    await sync_at(broker, EpochState.at_height(E1, SELECTING, SEL1.set_new_validators + 1))
+    before = chain.total_calls
+    for height in range(SEL1.set_new_validators + 2, selection):
+        assert await sync_at(broker, EpochState.at_height(E1, SELECTING, height)) is False
+    assert chain.total_calls == before  # no query per block on the way there
+    reselect_epoch1(chain)
+    assert await sync_at(broker, EpochState.at_height(E1, SELECTING, selection)) is True
+    assert chain.total_calls == before + 1 + 3  # the parent, then its three sub-groups
+    assert entries(broker, "n1") == ([MODEL_A], {MODEL_A: [True, False]})
+    assert entries(broker, "n3") == ([MODEL_A], {MODEL_A: [True, True]})
+    for height in range(selection + 1, SEL1.next_poc_start):
+        assert await sync_at(broker, EpochState.at_height(E1, SELECTING, height)) is False
+    assert chain.total_calls == before + 4
+
+
+async def test_a_failed_read_at_the_selection_height_is_retried_before_the_poc(
+    broker: Broker, chain: FakeChain
+) -> None:
+    form_epoch1(chain)
+    chain.current_epoch = 1
+    selection = SEL1.pre_poc_selection
+    assert selection is not None
+    await sync_at(broker, EpochState.at_height(E1, SELECTING, selection - 1))
+    reselect_epoch1(chain)
+    chain.fail_next("epoch_group_data", ChainUnavailable("down"))
+    with pytest.raises(ChainUnavailable):
+        await sync_at(broker, EpochState.at_height(E1, SELECTING, selection))
+    assert entries(broker, "n1") == ([MODEL_A], {MODEL_A: [True, True]})  # nothing half-applied
+    assert await sync_at(broker, EpochState.at_height(E1, SELECTING, selection + 1)) is True
+    assert entries(broker, "n3") == ([MODEL_A], {MODEL_A: [True, True]})
+
+
+async def test_a_chain_without_pre_poc_selection_is_not_read_there(broker: Broker, chain: FakeChain) -> None:
+    form_epoch1(chain)
+    chain.current_epoch = 1
+    assert CTX1.pre_poc_selection is None
+    await sync_at(broker, at(E1, CTX1.set_new_validators + 1))
+    before = chain.total_calls
+    for height in range(CTX1.set_new_validators + 2, CTX1.next_poc_start):
+        assert await sync_at(broker, at(E1, height)) is False
+    assert chain.total_calls == before

@@ -24,6 +24,7 @@ from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, load_genesis
 from dapi.devnet.mlnode import RecordedCall
 from dapi.devnet.network import SimulatedNetwork
 from dapi.devnet.schedule.records import PoCBatch
+from dapi.testbed.health import HealthWatch
 from dapi.testbed.session import DevnetSession
 
 BLOCK = 0.05
@@ -399,3 +400,31 @@ async def test_a_node_generating_across_a_daemon_restart_is_still_heard() -> Non
             return all((n, tuple(p.nonces)) in on_chain for n in own for p in after[n])
 
         await wait_for(landed_all, timeout=30, what="the batches posted after the restart on chain")
+
+
+async def test_under_demand_the_own_nodes_follow_the_flags_re_selected_before_the_poc() -> None:
+    # No inference load and no minimum: the chain's pre-PoC block (78) takes every POC_SLOT flag that the
+    # weight rule gave at formation (51) away, so in the PoC at 80 every own node must mine. A daemon that
+    # kept formation's flags would leave its POC_SLOT nodes serving.
+    genesis = load_genesis(DEFAULT_GENESIS_PATH, participants=3, nodes_per_participant=3, block_time=BLOCK,
+                           overrides={"poc_slot_policy": "demand",
+                                      "pre_poc_selection": {"min_serving_nodes_per_model": 0}})
+    session = DevnetSession(participants=3, nodes_per_participant=3, block_time=BLOCK)
+    session.devnet = SimulatedNetwork(genesis)  # not started yet: the session starts this one instead
+    async with session as s:
+        watch = HealthWatch(s)
+        await watch.run(2)
+        own = s.devnet.own.address
+        formed: dict[str, bool] = {}
+        for model in ("Qwen/QwQ-32B", "Qwen/Qwen2.5-7B-Instruct"):
+            sub = s.devnet.ledger.epoch_group(1, model, height=77)
+            assert sub is not None
+            formed.update({n.node_id: n.is_active_during_poc for vw in sub.validation_weights
+                           if vw.member_address == own for n in vw.ml_nodes})
+        assert any(formed.values()), f"the weight rule gave the own participant no serving node: {formed}"
+        report = s.devnet.report(1)
+        assert report is not None and report.pre_poc_selection_height == 78
+        checks = [c for c in watch.poc if c.epoch == 2]
+        assert sorted(c.node_id for c in checks) == sorted(formed)
+        assert all(not c.poc_slot and c.ok for c in checks), [c.as_json() for c in checks]
+        assert watch.problems == []

@@ -78,8 +78,13 @@ async def test_the_page_shows_every_own_node_and_the_phase_bar_crosses_a_poc_bou
         at_poc = int(await bar.get_attribute("data-position") or -1)
         await page.wait_for_function(f"() => Number(document.getElementById('phase-bar').dataset.position) > {at_poc}",
                                      timeout=TIMEOUT_MS)
-        # Sections the daemon does not report yet say so instead of showing zeros.
-        assert "not available" in await page.locator("#inference").inner_text()
+        # Inference and validation as the daemon's status reports them; a section it does not report says so.
+        components = session.daemon.status()["components"]
+        inference, validation = (await page.locator("#inference").inner_text(),
+                                 await page.locator("#validation").inner_text())
+        assert ("as transfer agent ok" in inference) == ("inference" in components)
+        assert ("not available" in inference) == ("inference" not in components)
+        assert ("not available" in validation) == ("validation" not in components)
         # On a phone-sized screen nothing but the node table (which scrolls inside its card) is wider than it.
         await page.set_viewport_size({"width": 390, "height": 800})
         overflow = await page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")

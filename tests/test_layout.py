@@ -26,6 +26,10 @@ SIMULATOR_MAY_IMPORT = (
     "dapi.inference.sampling",
     "dapi.inference.comparison",
     "dapi.inference.request_body",
+    "dapi.inference.checks",
+    "dapi.inference.responses",
+    "dapi.inference.stats",
+    "dapi.inference.executor",
     "dapi.mlnodeclient.models",
     "dapi.runtime",
     "dapi.logs",
@@ -43,6 +47,7 @@ NEVER_IMPORTS = {
     "dapi.broker": ("dapi.server", "dapi.event_listener", "dapi.daemon", "dapi.devnet", "dapi.testbed"),
     "dapi.server": ("dapi.event_listener", "dapi.daemon", "dapi.devnet", "dapi.testbed"),
     "dapi.event_listener": ("dapi.server", "dapi.daemon", "dapi.devnet", "dapi.testbed"),
+    "dapi.inference": ("dapi.server", "dapi.event_listener", "dapi.daemon", "dapi.devnet", "dapi.testbed"),
     "dapi.daemon": ("dapi.devnet", "dapi.testbed"),
 }
 

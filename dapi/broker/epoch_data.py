@@ -16,7 +16,10 @@ Differences from the reference, each deliberate:
 * the fetched groups are kept per epoch index, so the cache of the *effective* epoch (what /v1/models and
   /v1/pricing describe, plan 11.1) costs one extra query per epoch: it switches to the latest epoch's
   data at the set-new-validators height, re-reading only the parent group, because that is when the
-  chain writes the epoch's price. A steady-state sync of an epoch with N models is 2 + N queries.
+  chain writes the epoch's price. A steady-state sync of an epoch with N models is 2 + N queries;
+* a chain that re-selects the POC_SLOT flags before each PoC (`EpochParams.pre_poc_selection_offset` > 0,
+  DESIGN.md §6.1; not upstream) rewrites the effective epoch's sub-groups at that height, so the epoch is
+  read once more there (1 + N queries, once per epoch), and the nodes mine or serve as the new flags say.
 """
 
 from __future__ import annotations
@@ -119,6 +122,8 @@ class EpochDataSync:
         # Epochs whose parent group was read once they were effective, so its price is the final one.
         self._priced: set[int] = set()
         self._applied: EpochSnapshot | None = None
+        # The epoch whose allocations were read at or after its pre-PoC selection height.
+        self._reselected: int | None = None
 
     @property
     def applied(self) -> EpochSnapshot | None:
@@ -135,7 +140,8 @@ class EpochDataSync:
         """
         latest = state.latest_epoch_index
         to_apply: EpochSnapshot | None = None
-        due = self._last is None or latest > self._last[0] or state.phase != self._last[1]
+        reselect = self._reselection_due(state)
+        due = self._last is None or latest > self._last[0] or state.phase != self._last[1] or reselect
         if due:
             epoch_changed = self._last is not None and latest != self._last[0]
             snapshot = await self._fetch_latest(latest)
@@ -163,9 +169,22 @@ class EpochDataSync:
             to_apply = effective
         if to_apply is not None:
             self._applied = to_apply
+        if due and self._past_selection(state):
+            self._reselected = latest
         self._last = (latest, state.phase)
         self._prune(min(latest, state.effective_epoch_index) - 1)
         return to_apply
+
+    @staticmethod
+    def _past_selection(state: EpochState) -> bool:
+        """At or after the latest epoch's pre-PoC selection height (and before the PoC it prepares)."""
+        ctx = state.context
+        selection = ctx.pre_poc_selection
+        return not ctx.is_genesis and selection is not None and selection <= state.block_height < ctx.next_poc_start
+
+    def _reselection_due(self, state: EpochState) -> bool:
+        # Not "== the height": a sync that failed there is retried on the next block, before the PoC.
+        return self._past_selection(state) and self._reselected != state.latest_epoch_index
 
     async def refresh_governance(self) -> tuple[Model, ...]:
         models = await self._chain.models_all()

@@ -56,6 +56,9 @@ class EpochParams:
     set_new_validators_delay: int = 1
     inference_validation_cutoff: int = 0
     inference_pruning_epoch_threshold: int = 2
+    # Not upstream (DESIGN.md §6.1): blocks before the next PoC at which the chain re-selects the POC_SLOT
+    # flags of the effective epoch; 0 = it never does (every chain without the field).
+    pre_poc_selection_offset: int = 0
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that the chain's params validation would reject.
@@ -74,6 +77,7 @@ class EpochParams:
             "poc_validation_delay",
             "set_new_validators_delay",
             "inference_validation_cutoff",
+            "pre_poc_selection_offset",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -85,6 +89,13 @@ class EpochParams:
             raise ValueError(
                 "epoch_params.inference_pruning_epoch_threshold must be >= 1, "
                 f"got {self.inference_pruning_epoch_threshold}"
+            )
+        # The selection rewrites the *effective* epoch's flags, so it must come after the switch.
+        room = self.epoch_length - self.set_new_validators_offset
+        if self.pre_poc_selection_offset and self.pre_poc_selection_offset >= room:
+            raise ValueError(
+                f"epoch_params.pre_poc_selection_offset must be < {room} (epoch_length minus the blocks up to "
+                f"set-new-validators), got {self.pre_poc_selection_offset}"
             )
 
     # Offsets from an epoch's PoC start (Go: methods on EpochParams).
@@ -132,6 +143,7 @@ DEVNET_EPOCH_PARAMS = EpochParams(
     poc_validation_delay=1,
     poc_validation_duration=4,
     set_new_validators_delay=2,
+    pre_poc_selection_offset=2,  # DESIGN.md §6.1
 )
 
 
@@ -316,6 +328,12 @@ class EpochContext:
         return self.next_poc_start - self.params.inference_validation_cutoff
 
     @property
+    def pre_poc_selection(self) -> int | None:
+        """The height at which the chain re-selects the POC_SLOT flags for the next PoC (None: it never does)."""
+        offset = self.params.pre_poc_selection_offset
+        return self.next_poc_start - offset if offset > 0 else None
+
+    @property
     def poc_exchange_window(self) -> BlockWindow:
         """Heights at which a PoC batch for this epoch's stage is accepted."""
         if self.is_genesis:
@@ -351,6 +369,9 @@ class EpochContext:
 
     def is_next_poc_start(self, height: int) -> bool:
         return height == self.next_poc_start
+
+    def is_pre_poc_selection(self, height: int) -> bool:
+        return height == self.pre_poc_selection
 
     def is_poc_exchange_window(self, height: int) -> bool:
         return not self.is_genesis and height in self.poc_exchange_window
@@ -397,6 +418,7 @@ class EndBlockStage(StrEnum):
     END_OF_POC_VALIDATION = "end_of_poc_validation"  # form the upcoming epoch
     SET_NEW_VALIDATORS = "set_new_validators"  # the upcoming epoch becomes effective
     START_OF_POC = "start_of_poc"  # create Epoch{effective + 1, h}
+    PRE_POC_SELECTION = "pre_poc_selection"  # measure demand, re-select POC_SLOT (not upstream; DESIGN.md §6.1)
 
 
 def end_block_stages(effective: Epoch, params: EpochParams, block_height: int) -> tuple[EndBlockStage, ...]:
@@ -414,4 +436,6 @@ def end_block_stages(effective: Epoch, params: EpochParams, block_height: int) -
         fired.append(EndBlockStage.SET_NEW_VALIDATORS)
     if ctx.is_start_of_poc(block_height):
         fired.append(EndBlockStage.START_OF_POC)
+    if ctx.is_pre_poc_selection(block_height):
+        fired.append(EndBlockStage.PRE_POC_SELECTION)
     return tuple(fired)

@@ -228,6 +228,12 @@ class ChainQuery:
             "GetInferenceValidationParameters", request, q.QueryGetInferenceValidationParametersResponse
         )
 
+    async def model_per_token_price(self, model: str) -> int | None:
+        """The per-token price the chain would lock for `model` now; None when it has none."""
+        request = q.QueryGetModelPerTokenPriceRequest(model_id=model)
+        response = await self._ask("GetModelPerTokenPrice", request, q.QueryGetModelPerTokenPriceResponse)
+        return response.price if response.found else None
+
     async def current_epoch(self) -> int:
         """The effective epoch's index."""
         return (await self._ask("GetCurrentEpoch", q.QueryGetCurrentEpochRequest(),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import itertools
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +26,8 @@ from dapi.chain.errors import (
     pruned_height_error,
 )
 
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|z|[+-]\d{2}:\d{2})")
+
 
 @dataclass(frozen=True, slots=True)
 class ChainNodeStatus:
@@ -33,6 +37,20 @@ class ChainNodeStatus:
     latest_block_height: int
     latest_block_hash: str
     catching_up: bool
+    latest_block_time_ns: int = 0  # unix ns; 0 when the node did not say
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """Unix nanoseconds of a CometBFT RFC 3339 time (`2024-01-02T03:04:05.123456789Z`); 0 if unreadable."""
+    match = _RFC3339.fullmatch(text.strip())
+    if match is None:
+        return 0
+    date, fraction, zone = match.group(1), match.group(2) or "", match.group(3)
+    try:
+        seconds = datetime.fromisoformat(date + ("+00:00" if zone in ("Z", "z") else zone)).timestamp()
+    except ValueError:
+        return 0
+    return int(seconds) * 1_000_000_000 + int((fraction[1:] + "000000000")[:9])
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +178,7 @@ class CometRPC:
             latest_block_height=_int(sync.get("latest_block_height"), "latest_block_height"),
             latest_block_hash=str(sync.get("latest_block_hash", "")),
             catching_up=bool(sync.get("catching_up", False)),
+            latest_block_time_ns=parse_rfc3339_ns(str(sync.get("latest_block_time", ""))),
         )
 
     async def block(self, height: int | None = None) -> BlockInfo:

@@ -27,6 +27,7 @@ def epoch_params_from_proto(params: Params) -> EpochParams:
         set_new_validators_delay=p.set_new_validators_delay,
         inference_validation_cutoff=p.inference_validation_cutoff,
         inference_pruning_epoch_threshold=p.inference_pruning_epoch_threshold,
+        pre_poc_selection_offset=p.pre_poc_selection_offset,
     )
 
 

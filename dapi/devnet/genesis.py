@@ -43,6 +43,7 @@ from dapi.devnet.genesis_file import (
 )
 from dapi.devnet.schedule.assignment import PocSlotPolicy
 from dapi.devnet.schedule.records import Hardware, Model
+from dapi.devnet.schedule.selection import PrePocSelectionParams
 
 __all__ = [
     "DEFAULT_GENESIS_PATH",
@@ -171,6 +172,7 @@ class DevnetGenesis:
     dynamic_pricing: DynamicPricingParams
     rewards: RewardParams
     poc_slot_policy: PocSlotPolicy
+    pre_poc_selection: PrePocSelectionParams
     models: tuple[Model, ...]
     participants: tuple[ParticipantSpec, ...]
     grants: tuple[Grant, ...]
@@ -271,6 +273,7 @@ def genesis_from_spec(spec: Mapping[str, Any], *, source: str = "devnet genesis"
         dynamic_pricing=file.dynamic_pricing_params,
         rewards=file.rewards,
         poc_slot_policy=file.poc_slot_policy,
+        pre_poc_selection=file.pre_poc_selection.build(),
         models=tuple(m.build() for m in file.models),
         participants=participants,
         grants=tuple(

@@ -16,6 +16,7 @@ from dapi.chain.epochs import EpochParams
 from dapi.devnet.schedule.assignment import PocSlotPolicy
 from dapi.devnet.schedule.models import GENESIS_MODELS
 from dapi.devnet.schedule.records import Decimal, Hardware, Model
+from dapi.devnet.schedule.selection import PrePocSelectionParams
 
 __all__ = [
     "DEFAULT_SPEC",
@@ -27,6 +28,7 @@ __all__ = [
     "ParticipantsSection",
     "PeerBehaviour",
     "PocModuleParams",
+    "PrePocSelectionSection",
     "RewardParams",
     "ValidationParams",
     "devnet_models",
@@ -124,9 +126,23 @@ class _EpochParamsSpec(_Section):
     set_new_validators_delay: int = 2
     inference_validation_cutoff: int = 0
     inference_pruning_epoch_threshold: int = 2
+    # Not upstream (DESIGN.md §6.1): the pre-PoC block, this many blocks before each PoC, where the chain
+    # measures demand and, under poc_slot_policy demand, re-selects the POC_SLOT flags. 0 = no such block.
+    pre_poc_selection_offset: int = 2
 
     def build(self) -> EpochParams:
         return EpochParams(**self.model_dump())
+
+
+class PrePocSelectionSection(_Section):
+    """The demand-aware pre-PoC selection (`poc_slot_policy: demand`, DESIGN.md §6.1)."""
+
+    headroom: float = Field(default=1.25, ge=1.0)  # strict=True still takes an integer for a float
+    min_serving_nodes_per_model: _NonNegative = 1
+    max_serving_fraction: float = Field(default=0.5, gt=0.0, le=1.0)
+
+    def build(self) -> PrePocSelectionParams:
+        return PrePocSelectionParams(**self.model_dump())
 
 
 class PocModuleParams(_Section):
@@ -227,6 +243,7 @@ class GenesisFile(_Section):
     block_time: float = Field(default=0.5, gt=0)
     poc_slot_policy: PocSlotPolicy = Field(default=PocSlotPolicy.WEIGHT, strict=False)
     epoch_params: _EpochParamsSpec = _EpochParamsSpec()
+    pre_poc_selection: PrePocSelectionSection = PrePocSelectionSection()
     poc_params: PocModuleParams = PocModuleParams()
     validation_params: ValidationParams = ValidationParams()
     bandwidth_limits_params: BandwidthLimits = BandwidthLimits()

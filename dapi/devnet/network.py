@@ -237,7 +237,7 @@ class SimulatedNetwork:
             await asyncio.sleep(0)  # let websocket senders and servers run between blocks
         return blocks
 
-    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float = 60.0, what: str = "") -> None:
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float | None = 60.0, what: str = "") -> None:
         """Wait until `predicate()` holds, checking after every block."""
         try:
             async with asyncio.timeout(timeout):

@@ -24,6 +24,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
 from dapi.chain.errors import ChainError, ChainHeightPruned
 from dapi.chain.rpc import CometRPC
@@ -114,6 +116,30 @@ class BlockFollower:
         self.retrying: Retrying | None = None
         self.skipped: deque[SkippedRange] = deque(maxlen=50)  # the most recent skips, oldest first
         self.skipped_heights = 0  # every height skipped since start
+
+    @staticmethod
+    def idle_status() -> dict[str, Any]:
+        return {"processed": 0, "replayed": 0, "retrying": None, "skipped_heights": 0, "skipped": []}
+
+    def status(self) -> dict[str, Any]:
+        """Progress, the height being retried (if any) and the heights skipped: nothing is dropped unseen."""
+        retrying = self.retrying
+        return {
+            "processed": self.processed,
+            "replayed": self.replayed,
+            "retrying": None if retrying is None else {
+                "height": retrying.height,
+                "attempts": retrying.attempts,
+                "last_error": retrying.last_error,
+                "seconds": round(time.monotonic() - retrying.since, 1),
+            },
+            "skipped_heights": self.skipped_heights,
+            "skipped": [
+                {"first": r.first, "last": r.last, "heights": r.heights, "reason": r.reason, "error": r.detail,
+                 "at": datetime.fromtimestamp(r.at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")}
+                for r in self.skipped
+            ],
+        }
 
     async def on_block(self, block: NewBlock) -> None:
         """Called for every NewBlock event; never blocks the websocket reader."""

@@ -177,8 +177,12 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
             ready = {**session.ready_info(), "work_dir": str(work_dir)}
             out.event(ready, f"devnet ready: public API {ready['public_api']}, admin {ready['admin_api']}, "
                              f"chain RPC {ready['chain_rpc']} (work folder {work_dir})")
+            rps = getattr(args, "load", None)
+            load = session.start_load(rps, getattr(args, "load_seed", 0)) if rps else None
 
             def on_epoch(event: dict[str, Any]) -> None:
+                if load is not None:
+                    event["inference"] = load.take_window()
                 if not live:
                     ok = all(c["ok"] for c in event["poc"]) and event["models_ok"]
                     out.event(event, f"epoch {event['epoch_index']} effective: "
@@ -204,6 +208,8 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
                 verdict["healthy"] = False
                 verdict["problems"].append(f"stopped after {len(watch.formed)} of {epochs} epochs")
             summary = {"event": "summary", **verdict, "height": session.devnet.ledger.height}
+            if load is not None:
+                summary["inference"] = load.totals()
             verdict_text = "healthy" if verdict["healthy"] else "NOT healthy: " + "; ".join(verdict["problems"])
             out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
             return 0 if verdict["healthy"] else 1

@@ -35,6 +35,21 @@ def phase_bar(ctx: EpochContext, height: int, width: int = 60) -> Text:
     return bar
 
 
+def throughput_line(session: DevnetSession) -> Text:
+    """The POC_SLOT policy and the effective epoch's throughput vectors (tokens per block, per model)."""
+    ledger = session.devnet.ledger
+    parent = ledger.epoch_group(ledger.effective_epoch().index, "")
+    line = Text(f"POC_SLOT policy {session.devnet.genesis.poc_slot_policy}")
+    if parent is not None and parent.sub_group_models:
+        real = parent.real_throughput_vector or (None,) * len(parent.sub_group_models)
+        for model, expected, measured in zip(parent.sub_group_models, parent.expected_throughput_vector, real,
+                                             strict=False):
+            short = measured is not None and measured > expected
+            line.append(f"   {model.rsplit('/', 1)[-1]}: serving during PoC {expected}/block, demand "
+                        f"{'-' if measured is None else measured}", style="bold red" if short else "")
+    return line
+
+
 def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
     daemon = session.daemon
     snapshot = daemon.view.snapshot
@@ -49,7 +64,7 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
         head.add_row(f"height [bold]{snapshot.height}[/]", f"latest epoch [bold]{snapshot.latest_epoch.index}[/]",
                      f"effective epoch [bold]{session.devnet.ledger.effective_epoch().index}[/]",
                      f"phase [bold]{snapshot.phase}[/]")
-    parts: list[Any] = [head]
+    parts: list[Any] = [head, throughput_line(session)]
     if ctx is not None and snapshot is not None:
         parts.append(phase_bar(ctx, snapshot.height))
         parts.append(Text("G generate  g wind-down  V validate  v wind-down  · inference", style="dim"))
@@ -74,13 +89,30 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
                       f"txs landed {outbox_counts.get('landed', 0)}   "
                       f"pending {outbox_counts.get('pending', 0) + outbox_counts.get('sent', 0)}   "
                       f"dead-lettered {outbox_counts.get('dead', 0)}"))
+    if session.load is not None:
+        parts.append(_inference_panel(session.load.live()))
     urls = Table.grid(padding=(0, 2))
     urls.add_row("models", f"{session.public_url}/v1/models")
     urls.add_row("pricing", f"{session.public_url}/v1/pricing")
     urls.add_row("epoch", f"{session.public_url}/v1/epochs/latest")
     urls.add_row("status", f"{session.public_url}/v1/status")
+    urls.add_row("chat", f"{session.public_url}/v1/chat/completions (signed; the ready line's client)")
     urls.add_row("nodes", f"{session.admin_url}/admin/v1/nodes")
     urls.add_row("dashboard", f"{session.admin_url}/admin/ui")
     urls.add_row("chain RPC", session.devnet.rpc_url)
     parts.append(Panel(urls, title="try", expand=False))
     return Group(*parts)
+
+
+def _inference_panel(load: dict[str, Any]) -> Panel:
+    """The load's requests per phase of the latest epoch: sent, ok (answered and finished on chain), failed."""
+    table = Table(expand=False)
+    for column in ("phase", "sent", "ok", "failed", "p50 ms", "p99 ms"):
+        table.add_column(column)
+    for phase, t in load["by_phase"].items():
+        style = "red" if t["failed"] else ""
+        table.add_row(phase, str(t["sent"]), str(t["ok"]), f"[{style}]{t['failed']}[/]" if style else "0",
+                      str(t["p50_ms"] or "-"), str(t["p99_ms"] or "-"))
+    title = (f"inference load {load['rps']}/s: sent {load['sent']}  ok {load['ok']}  failed {load['failed']}  "
+             f"open {load['open']}")
+    return Panel(table, title=title, expand=False)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dapi.chain.epochs import EpochContext
 from dapi.config import load_config
 from dapi.daemon import Daemon, resolve_identity
 from dapi.devnet.daemon_config import DaemonPorts
@@ -19,6 +20,7 @@ from dapi.devnet.genesis import DevnetGenesis
 from dapi.devnet.network import SimulatedNetwork
 from dapi.devnet.peers import Misbehaviour
 from dapi.logs import get_logger
+from dapi.testbed.load import InferenceLoad
 
 log = get_logger(__name__)
 
@@ -69,6 +71,7 @@ class DevnetSession:
         self._fast = fast_polling
         self.daemon: Daemon
         self.config_path: Path
+        self.load: InferenceLoad | None = None
 
     @property
     def public_url(self) -> str:
@@ -98,14 +101,42 @@ class DevnetSession:
                 config.outbox.poll_interval = max(0.02, self.devnet.block_time / 2)
             self.daemon = Daemon(config, resolve_identity(config))
             await self.daemon.start()
+            # The config may have asked for OS-chosen ports: the chain must name the one really served.
+            self.devnet.ledger.set_inference_url(self.devnet.own.address, self.public_url)
         except BaseException:
             with contextlib.suppress(Exception):
                 await self.devnet.stop()
             raise
         return self
 
+    def start_load(self, rps: float, seed: int) -> InferenceLoad:
+        """Seeded client traffic through the own daemon as TA (`dapi devnet --load`), from the first effective
+        epoch on; stopped on exit."""
+        devnet = self.devnet
+        ledger = devnet.ledger
+
+        def where() -> tuple[int, str]:
+            height = ledger.height
+            return height, str(EpochContext.for_epoch(ledger.latest_epoch(), ledger.params).phase_at(height))
+
+        def finished(inference_id: str) -> bool:
+            record = ledger.state.inferences.get(inference_id)
+            return record is not None and bool(record.executed_by)
+
+        self.load = InferenceLoad(url=self.public_url + "/v1", transfer_address=devnet.own.address,
+                                  clients=devnet.genesis.clients, models=[m.id for m in devnet.genesis.models],
+                                  rps=rps, seed=seed, where=where, finished=finished,
+                                  # Until the first epoch is effective no participant exists to serve.
+                                  ready=lambda: devnet.wait_until(lambda: ledger.effective_epoch().index >= 1,
+                                                                  timeout=None, what="the first epoch"),
+                                  settle_blocks=2 * max(1, devnet.genesis.validation_params.expiration_blocks))
+        self.load.start()
+        return self.load
+
     async def __aexit__(self, *exc_info: object) -> None:
         try:
+            if self.load is not None:
+                await self.load.stop()
             await self.daemon.stop()
         finally:
             await self.devnet.stop()
@@ -121,4 +152,12 @@ class DevnetSession:
             "ml_api": self.ml_url,
             "admin_api": self.admin_url,
             "account_address": self.devnet.own.address,
+            "client": self.client_info(),
         }
+
+    def client_info(self) -> dict[str, str]:
+        """What gonka-openai needs: `GonkaOpenAI(gonka_private_key=..., endpoints=[Endpoint(url=endpoint,
+        address=transfer_address)])` (DESIGN.md §8)."""
+        client = self.devnet.genesis.clients[0]
+        return {"address": client.address, "private_key": client.private_key.hex(),
+                "endpoint": self.public_url + "/v1", "transfer_address": self.devnet.own.address}

@@ -11,7 +11,11 @@ effective at the start of the block, through the pure schedule logic of `dapi.de
   stage's batches and validations, the effective epoch's validators and allocations, seeds, hardware
   declarations and the governance registry (weights → assignment → 50% rule → groups with snapshots),
   and write its epoch report;
-- set new validators: the upcoming epoch becomes effective.
+- set new validators: the upcoming epoch becomes effective;
+- pre-PoC block (`pre_poc_selection_offset` blocks before the next PoC; DESIGN.md §6.1): measure each
+  model's demand over the Inference phase that is ending (SetRealThroughput), under `poc_slot_policy:
+  demand` re-select the effective epoch's POC_SLOT flags from it, and report (event and epoch report)
+  every model whose demand exceeds what keeps serving during the PoC (ValidateThroughputPerformance).
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from dapi.chain.epochs import EndBlockStage, Epoch, end_block_stages
+from dapi.chain.epochs import EndBlockStage, Epoch, EpochContext, end_block_stages
 from dapi.devnet.ledger.inference_msgs import expire_inferences
 from dapi.devnet.ledger.inferences import EpochStats, ParticipantStatus
-from dapi.devnet.ledger.records import EpochReport, MemberReport, NodeReport
+from dapi.devnet.ledger.records import EpochReport, MemberReport, NodeReport, TxEvent
 from dapi.devnet.ledger.state import InferenceState
+from dapi.devnet.schedule.assignment import PocSlotPolicy
 from dapi.devnet.schedule.formation import FormationInput, form_epoch
 from dapi.devnet.schedule.records import ActiveParticipant, EpochGroupData
+from dapi.devnet.schedule.selection import select_poc_slots
 from dapi.devnet.schedule.settlement import fixed_epoch_reward, settle_epoch_rewards
+from dapi.devnet.schedule.throughput import (
+    set_expected_throughput,
+    set_real_throughput,
+    validate_throughput_performance,
+)
 from dapi.logs import get_logger
 
 __all__ = ["end_block"]
@@ -37,6 +48,7 @@ log = get_logger(__name__)
 def end_block(state: InferenceState, height: int) -> tuple[EndBlockStage, ...]:
     """Run the stages due at `height`; returns the stage actions that ran."""
     effective = state.effective_epoch()  # as at the start of the block, for every stage (chain-logic §10)
+    state.end_block_events.clear()
     expired = expire_inferences(state, height)
     if expired:
         log.info("devnet: inferences expired", height=height, count=len(expired))
@@ -48,6 +60,8 @@ def end_block(state: InferenceState, height: int) -> tuple[EndBlockStage, ...]:
             set_new_validators(state, effective, height)
         elif stage is EndBlockStage.START_OF_POC:
             start_of_poc(state, effective, height)
+        elif stage is EndBlockStage.PRE_POC_SELECTION:
+            pre_poc_selection(state, effective, height)
     return stages
 
 
@@ -136,6 +150,63 @@ def set_new_validators(state: InferenceState, effective: Epoch, height: int) -> 
     log.info("devnet: new epoch effective", epoch=index, height=height)
 
 
+def pre_poc_selection(state: InferenceState, effective: Epoch, height: int) -> None:
+    """The pre-PoC block of the effective epoch: measure demand, re-select under `demand`, report shortfalls.
+
+    The selection rewrites the effective epoch's active participants and sub-groups, so everything that
+    reads the flags during the coming PoC follows it: the executor draw, the validation skip, the peers'
+    mining, API nodes (they re-read at this height) and preservation at the next formation.
+    """
+    index = effective.index
+    parent = state.groups.get((index, ""))
+    if index == 0 or parent is None or not parent.sub_group_models:
+        return
+    # The Inference phase begins at the end of PoC validation (the model-loading blocks included).
+    since = EpochContext.for_epoch(effective, state.params).end_of_poc_validation
+    parent = set_real_throughput(parent, state.completed_inferences(), since, height)
+    if state.genesis.poc_slot_policy is PocSlotPolicy.DEMAND:
+        real = dict(zip(parent.sub_group_models, parent.real_throughput_vector, strict=True))
+        active = select_poc_slots(state.active.get(index, ()), real, epoch_index=index,
+                                  params=state.genesis.pre_poc_selection)
+        state.active[index] = active
+        by_address = {p.index: p for p in active}
+        for model_id in parent.sub_group_models:
+            sub = state.groups.get((index, model_id))
+            if sub is None:
+                continue
+            weights = tuple(
+                replace(vw, ml_nodes=by_address[vw.member_address].nodes_for_model(model_id))
+                if vw.member_address in by_address else vw
+                for vw in sub.validation_weights
+            )
+            state.groups.set((index, model_id), replace(sub, validation_weights=weights), height)
+        parent = set_expected_throughput(parent, active)
+    state.groups.set((index, ""), parent, height)
+    shortfalls = validate_throughput_performance(parent)
+    for s in shortfalls:
+        state.end_block_events.append(TxEvent("throughput_shortfall", (
+            ("epoch_index", str(index)), ("model_id", s.model_id), ("demand", str(s.demand)),
+            ("capacity", str(s.capacity)),
+        )))
+    report = state.reports.get(index)
+    if report is not None:
+        settled = {m.address: m for m in report.members}
+        members = tuple(
+            replace(m, reward=settled[m.address].reward, full_coverage=settled[m.address].full_coverage)
+            if m.address in settled else m
+            for m in member_reports(state, state.active.get(index, ()))
+        )
+        state.reports[index] = replace(
+            report, members=members,
+            expected_throughput_vector=parent.expected_throughput_vector,
+            real_throughput_vector=parent.real_throughput_vector,
+            throughput_shortfalls=shortfalls, pre_poc_selection_height=height,
+        )
+    log.info("devnet: pre-PoC block", epoch=index, height=height, policy=str(state.genesis.poc_slot_policy),
+             real=list(parent.real_throughput_vector), expected=list(parent.expected_throughput_vector),
+             shortfalls=[s.model_id for s in shortfalls])
+
+
 def settle(state: InferenceState, epoch_index: int, height: int) -> None:
     """Settle an ending epoch's rewards (once) and write them into its report."""
     groups = state.epoch_groups(epoch_index)
@@ -185,6 +256,22 @@ def build_report(
     active: Iterable[ActiveParticipant],
 ) -> EpochReport:
     """The report of a just-formed epoch: members, their weights and models, each node's allocation."""
+    return EpochReport(
+        epoch_index=index,
+        poc_start_block_height=stage,
+        formed_at_height=height,
+        effective_at_height=None,
+        total_weight=parent.total_weight,
+        sub_group_models=parent.sub_group_models,
+        unit_of_compute_price=parent.unit_of_compute_price,
+        members=member_reports(state, active),
+        poc_slot_policy=str(state.genesis.poc_slot_policy),
+        expected_throughput_vector=parent.expected_throughput_vector,
+    )
+
+
+def member_reports(state: InferenceState, active: Iterable[ActiveParticipant]) -> tuple[MemberReport, ...]:
+    """Each member's weight, models and nodes with their allocation, as the report shows them."""
     members = []
     for p in active:
         nodes: list[NodeReport] = []
@@ -197,13 +284,4 @@ def build_report(
             )
         members.append(MemberReport(address=p.index, name=state.names.get(p.index, ""), weight=p.weight,
                                     models=p.models, nodes=tuple(nodes)))
-    return EpochReport(
-        epoch_index=index,
-        poc_start_block_height=stage,
-        formed_at_height=height,
-        effective_at_height=None,
-        total_weight=parent.total_weight,
-        sub_group_models=parent.sub_group_models,
-        unit_of_compute_price=parent.unit_of_compute_price,
-        members=tuple(members),
-    )
+    return tuple(members)

@@ -371,7 +371,7 @@ class Ledger:
             f"app|{digest}|{len(self.state.batches)}|{len(self.state.seeds)}".encode()
         ).hexdigest().upper()
         block = Block(height=height, hash=digest, time_ns=block_time, prev_hash=prev_hash, app_hash=app_hash,
-                      txs=tuple(records), stages=stages)
+                      txs=tuple(records), stages=stages, events=tuple(self.state.end_block_events))
         self.blocks.append(block)
         for record in records:
             self._tx_index[record.hash] = record

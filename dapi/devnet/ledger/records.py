@@ -16,6 +16,7 @@ import bech32
 
 from dapi.chain.epochs import EndBlockStage
 from dapi.chain.keys import ADDRESS_PREFIX
+from dapi.devnet.schedule.throughput import ThroughputShortfall
 
 __all__ = [
     "Account",
@@ -122,6 +123,7 @@ class Block:
     app_hash: str
     txs: tuple[TxRecord, ...]
     stages: tuple[EndBlockStage, ...]  # the EndBlock stage actions that ran
+    events: tuple[TxEvent, ...] = ()  # what EndBlock emitted besides the stages
 
     @property
     def time(self) -> str:
@@ -205,6 +207,14 @@ class EpochReport:
     members: tuple[MemberReport, ...]
     epoch_reward: int | None = None
     settled_at_height: int | None = None
+    # DESIGN.md §6.1: the policy that chose the POC_SLOT flags, the throughput vectors (indexed like
+    # sub_group_models; real is measured at the pre-PoC block, empty until then) and the models whose
+    # demand exceeded what kept serving. Under `demand` the members' flags are the re-selected ones.
+    poc_slot_policy: str = ""
+    expected_throughput_vector: tuple[int, ...] = ()
+    real_throughput_vector: tuple[int, ...] = ()
+    throughput_shortfalls: tuple[ThroughputShortfall, ...] = ()
+    pre_poc_selection_height: int | None = None
 
     def member(self, name_or_address: str) -> MemberReport | None:
         return next((m for m in self.members if name_or_address in (m.name, m.address)), None)
@@ -220,6 +230,11 @@ class EpochReport:
             "unit_of_compute_price": self.unit_of_compute_price,
             "epoch_reward": self.epoch_reward,
             "settled_at_height": self.settled_at_height,
+            "poc_slot_policy": self.poc_slot_policy,
+            "expected_throughput_vector": list(self.expected_throughput_vector),
+            "real_throughput_vector": list(self.real_throughput_vector),
+            "throughput_shortfalls": [s.as_json() for s in self.throughput_shortfalls],
+            "pre_poc_selection_height": self.pre_poc_selection_height,
             "members": [m.as_json() for m in self.members],
         }
 

@@ -26,7 +26,7 @@ from dapi.devnet.ledger.inferences import (
     ParticipantWork,
     ValidationDetails,
 )
-from dapi.devnet.ledger.records import ClaimRecord, EpochReport, History, InferenceStat
+from dapi.devnet.ledger.records import ClaimRecord, EpochReport, History, InferenceStat, TxEvent
 from dapi.devnet.schedule.formation import FormationInput
 from dapi.devnet.schedule.models import ModelRegistry
 from dapi.devnet.schedule.records import (
@@ -40,6 +40,7 @@ from dapi.devnet.schedule.records import (
     ValidationWeight,
 )
 from dapi.devnet.schedule.settlement import RewardShare
+from dapi.devnet.schedule.throughput import CompletedInference
 
 __all__ = ["GENESIS_REPUTATION", "INFERENCE_MODULE_ADDRESS", "InferenceState", "module_address"]
 
@@ -111,6 +112,8 @@ class InferenceState:
     settled_work: dict[int, dict[str, int]] = field(default_factory=dict)
     # Developer statistics, one entry per inference id (rewritten on every write of the inference).
     inference_stats: dict[str, InferenceStat] = field(default_factory=dict)
+    # What the current block's EndBlock emitted (the ledger puts them into the block).
+    end_block_events: list[TxEvent] = field(default_factory=list)
 
     @classmethod
     def from_genesis(cls, genesis: DevnetGenesis) -> InferenceState:
@@ -231,6 +234,15 @@ class InferenceState:
             requests, tokens = totals.get(details.model, (0, 0))
             totals[details.model] = (requests + 1, tokens + inference.total_tokens)
         return dict(sorted(totals.items()))
+
+    def completed_inferences(self) -> list[CompletedInference]:
+        """Every completed inference still in the store: model, the block it completed in, its tokens."""
+        out = []
+        for (_, inference_id), details in self.validation_details.items():
+            inference = self.inferences.get(inference_id)
+            if inference is not None:
+                out.append(CompletedInference(details.model, details.created_at_block_height, inference.total_tokens))
+        return out
 
     def set_inference(self, inference: Inference) -> None:
         """Store an inference and its developer statistics entry (the chain's SetInference, §2.8)."""

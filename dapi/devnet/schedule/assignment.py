@@ -24,6 +24,7 @@ __all__ = [
     "apply_poc_slot_policy",
     "apply_weight_rule",
     "assign_models",
+    "draw_below",
     "model_visit_order",
     "seeded_permutation",
 ]
@@ -34,6 +35,9 @@ class PocSlotPolicy(StrEnum):
 
     WEIGHT = "weight"  # the seed plan (DESIGN.md §6): weight-based, with carry across models
     HALF_NODES = "half-nodes"  # the reference chain: floor(n/2) of n nodes per model keep serving
+    # DESIGN.md §6.1: the weight rule at formation, then the pre-PoC selection (`selection`) rewrites the
+    # flags from measured demand a few blocks before the PoC.
+    DEMAND = "demand"
     NONE = "none"  # every node mines: the network before the schedule plan, for comparison
 
 
@@ -94,7 +98,7 @@ def assign_models(
     return ModelAssignment(models, tuple(groups))
 
 
-def _draw_below(seed: bytes, counter: int, bound: int) -> tuple[int, int]:
+def draw_below(seed: bytes, counter: int, bound: int) -> tuple[int, int]:
     """A uniform integer in [0, bound) from a SHA-256 counter stream; returns (value, next counter).
 
     Rejection of the top partial range keeps it unbiased. Unlike `random.Random`, whose shuffle may
@@ -114,7 +118,7 @@ def seeded_permutation(seed: bytes, n: int) -> tuple[int, ...]:
     order = list(range(n))
     counter = 0
     for i in range(n - 1, 0, -1):
-        j, counter = _draw_below(seed, counter, i + 1)
+        j, counter = draw_below(seed, counter, i + 1)
         order[i], order[j] = order[j], order[i]
     return tuple(order)
 
@@ -193,7 +197,7 @@ def apply_poc_slot_policy(
     participant_address: str,
     policy: PocSlotPolicy | str = PocSlotPolicy.WEIGHT,
 ) -> ModelAssignment:
-    # PocSlotPolicy(...) also accepts the plain config string ("weight" / "half-nodes" / "none").
+    # PocSlotPolicy(...) also accepts the plain config string ("weight", "half-nodes", "demand", "none").
     rule = _RULES[PocSlotPolicy(policy)]
     return rule(assignment, epoch_index=epoch_index, participant_address=participant_address)
 
@@ -210,4 +214,6 @@ _RULES = {
     PocSlotPolicy.WEIGHT: apply_weight_rule,
     PocSlotPolicy.HALF_NODES: apply_half_nodes_rule,
     PocSlotPolicy.NONE: apply_none_rule,
+    # At formation `demand` is the weight rule; its own choice is made later, before the PoC.
+    PocSlotPolicy.DEMAND: apply_weight_rule,
 }

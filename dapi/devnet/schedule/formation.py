@@ -27,6 +27,7 @@ from dapi.devnet.schedule.records import (
     SeedSignature,
     ValidationWeight,
 )
+from dapi.devnet.schedule.throughput import expected_throughput_vector
 from dapi.devnet.schedule.weights import is_poc_validated, nonce_weights_by_node, participant_node_weights
 
 __all__ = [
@@ -190,7 +191,8 @@ def build_epoch_groups(
     `model_snapshot` = the governance model now; one ValidationWeight per member serving m, carrying its
     nodes for m and, as weight, the PoC weight of those nodes (plan 5.5), so that `total_weight` measures
     the model's capacity; `total_throughput` = Σ node throughput. The parent's throughput sums the
-    sub-groups'.
+    sub-groups', and its `expected_throughput_vector` is SetExpectedThroughput's (plan 6.5): per model, the
+    throughput of the nodes that keep serving during the next PoC.
     """
     members = sorted(active, key=lambda p: p.index)
     signatures = {
@@ -235,6 +237,7 @@ def build_epoch_groups(
         total_weight=sum(p.weight for p in members),
         sub_group_models=tuple(g.model_id for g in sub_groups),
         total_throughput=sum(g.total_throughput for g in sub_groups),
+        expected_throughput_vector=expected_throughput_vector(tuple(g.model_id for g in sub_groups), members),
     )
     return parent, tuple(sub_groups)
 

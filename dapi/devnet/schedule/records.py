@@ -255,6 +255,9 @@ class EpochGroupData:
     sub_group_models: tuple[str, ...] = ()
     model_snapshot: Model | None = None
     total_throughput: int = 0
+    # Parent group only, indexed like sub_group_models (DESIGN.md §6.1; not in the upstream proto).
+    expected_throughput_vector: tuple[int, ...] = ()
+    real_throughput_vector: tuple[int, ...] = ()
 
     def weight_of(self, member_address: str) -> ValidationWeight | None:
         for vw in self.validation_weights:

@@ -89,8 +89,10 @@ def new_block_event(ledger: Ledger, block: Block) -> dict[str, Any]:
         "block_id": shape["block_id"],
         "result_finalize_block": {
             "events": [
-                {"type": "inference_epoch_stage", "attributes": [{"key": "stage", "value": s.value, "index": True}]}
-                for s in block.stages
+                *({"type": "inference_epoch_stage", "attributes": [{"key": "stage", "value": s.value, "index": True}]}
+                  for s in block.stages),
+                *({"type": e.type, "attributes": [{"key": k, "value": v, "index": True} for k, v in e.attributes]}
+                  for e in block.events),
             ],
             "tx_results": [tx_result_json(t) for t in block.txs],
             "validator_updates": [],

@@ -128,6 +128,8 @@ def epoch_group_to_proto(
         sub_group_models=list(group.sub_group_models),
         epoch_index=group.epoch_index,
         total_throughput=group.total_throughput,
+        expected_throughput_vector=list(group.expected_throughput_vector),
+        real_throughput_vector=list(group.real_throughput_vector),
     )
     if group.model_snapshot is not None:
         out.model_snapshot.CopyFrom(model_to_proto(group.model_snapshot))
@@ -222,6 +224,7 @@ def params_to_proto(genesis: DevnetGenesis) -> params_pb2.Params:
             set_new_validators_delay=ep.set_new_validators_delay,
             inference_validation_cutoff=ep.inference_validation_cutoff,
             inference_pruning_epoch_threshold=ep.inference_pruning_epoch_threshold,
+            pre_poc_selection_offset=ep.pre_poc_selection_offset,
         ),
         validation_params=validation_params_to_proto(genesis),
         poc_params=params_pb2.PocParams(

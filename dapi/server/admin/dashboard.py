@@ -159,8 +159,9 @@ class RoleJson(BaseModel):
 
 
 class InferenceJson(BaseModel):
-    """Inference as transfer agent and as executor (absent until the daemon serves inference)."""
+    """Inference as transfer agent and as executor (null while the daemon does not report it)."""
 
+    serving: bool | None = None
     ta: RoleJson | None = None
     executor: RoleJson | None = None
 

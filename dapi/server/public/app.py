@@ -21,9 +21,11 @@ from dapi.chain.pricing import ModelPrices
 from dapi.chain.view import ChainView
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.gen.inference.inference.pocbatch_pb2 import PoCBatchesWithParticipants
+from dapi.inference.service import InferenceService
 from dapi.metrics import Metrics
 from dapi.server.common import (
     ApiError,
+    BodyLimit,
     HeadAsGet,
     error_responses,
     go_json,
@@ -31,8 +33,10 @@ from dapi.server.common import (
     json_bytes,
     path_int,
 )
+from dapi.server.public.inference_routes import add_inference_routes
 
 JSON = "application/json"
+BODY_LIMIT = 10 * 1024 * 1024  # as the reference's nginx (client_max_body_size 10M)
 
 
 class ModelCatalog(Protocol):
@@ -208,6 +212,8 @@ def create_public_app(
     dynamic_pricing: PriceSource | None = None,
     metrics: Metrics | None = None,
     before_metrics: Callable[[], None] | None = None,
+    inference: InferenceService | None = None,
+    body_limit: int = BODY_LIMIT,
 ) -> FastAPI:
     app = FastAPI(title="dapi public API", version="1",
                   description="Public API of a gonka participant's API node")
@@ -313,5 +319,8 @@ def create_public_app(
             before_metrics()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    if inference is not None:
+        add_inference_routes(app, inference)
+    app.add_middleware(BodyLimit, limit=body_limit)
     app.add_middleware(HeadAsGet)
     return app

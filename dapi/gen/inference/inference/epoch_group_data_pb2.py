@@ -26,21 +26,21 @@ from dapi.gen.inference.inference import model_pb2 as inference_dot_inference_do
 from dapi.gen.inference.inference import params_pb2 as inference_dot_inference_dot_params__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*inference/inference/epoch_group_data.proto\x12\x13inference.inference\x1a\x1finference/inference/model.proto\x1a inference/inference/params.proto\"\xe9\x04\n\x0e\x45pochGroupData\x12\x1e\n\x16poc_start_block_height\x18\x01 \x01(\x04\x12\x16\n\x0e\x65poch_group_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x65poch_policy\x18\x03 \x01(\t\x12\x1e\n\x16\x65\x66\x66\x65\x63tive_block_height\x18\x04 \x01(\x03\x12\x19\n\x11last_block_height\x18\x05 \x01(\x03\x12\x42\n\x16member_seed_signatures\x18\x06 \x03(\x0b\x32\".inference.inference.SeedSignature\x12\x41\n\x12validation_weights\x18\x08 \x03(\x0b\x32%.inference.inference.ValidationWeight\x12\x1d\n\x15unit_of_compute_price\x18\t \x01(\x03\x12\x1a\n\x12number_of_requests\x18\n \x01(\x03\x12\x1f\n\x17previous_epoch_requests\x18\x0b \x01(\x03\x12@\n\x11validation_params\x18\x0c \x01(\x0b\x32%.inference.inference.ValidationParams\x12\x14\n\x0ctotal_weight\x18\r \x01(\x03\x12\x10\n\x08model_id\x18\x0e \x01(\t\x12\x18\n\x10sub_group_models\x18\x0f \x03(\t\x12\x13\n\x0b\x65poch_index\x18\x10 \x01(\x04\x12\x32\n\x0emodel_snapshot\x18\x11 \x01(\x0b\x32\x1a.inference.inference.Model\x12\x18\n\x10total_throughput\x18\x12 \x01(\x03J\x04\x08\x07\x10\x08\":\n\rSeedSignature\x12\x16\n\x0emember_address\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x81\x01\n\x10ValidationWeight\x12\x16\n\x0emember_address\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x03\x12\x12\n\nreputation\x18\x03 \x01(\x05\x12\x31\n\x08ml_nodes\x18\x04 \x03(\x0b\x32\x1f.inference.inference.MLNodeInfo\"b\n\nMLNodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthroughput\x18\x02 \x01(\x03\x12\x12\n\npoc_weight\x18\x03 \x01(\x03\x12\x1b\n\x13timeslot_allocation\x18\x04 \x03(\x08*.\n\x0cTimeslotType\x12\x10\n\x0cPRE_POC_SLOT\x10\x00\x12\x0c\n\x08POC_SLOT\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*inference/inference/epoch_group_data.proto\x12\x13inference.inference\x1a\x1finference/inference/model.proto\x1a inference/inference/params.proto\"\xad\x05\n\x0e\x45pochGroupData\x12\x1e\n\x16poc_start_block_height\x18\x01 \x01(\x04\x12\x16\n\x0e\x65poch_group_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x65poch_policy\x18\x03 \x01(\t\x12\x1e\n\x16\x65\x66\x66\x65\x63tive_block_height\x18\x04 \x01(\x03\x12\x19\n\x11last_block_height\x18\x05 \x01(\x03\x12\x42\n\x16member_seed_signatures\x18\x06 \x03(\x0b\x32\".inference.inference.SeedSignature\x12\x41\n\x12validation_weights\x18\x08 \x03(\x0b\x32%.inference.inference.ValidationWeight\x12\x1d\n\x15unit_of_compute_price\x18\t \x01(\x03\x12\x1a\n\x12number_of_requests\x18\n \x01(\x03\x12\x1f\n\x17previous_epoch_requests\x18\x0b \x01(\x03\x12@\n\x11validation_params\x18\x0c \x01(\x0b\x32%.inference.inference.ValidationParams\x12\x14\n\x0ctotal_weight\x18\r \x01(\x03\x12\x10\n\x08model_id\x18\x0e \x01(\t\x12\x18\n\x10sub_group_models\x18\x0f \x03(\t\x12\x13\n\x0b\x65poch_index\x18\x10 \x01(\x04\x12\x32\n\x0emodel_snapshot\x18\x11 \x01(\x0b\x32\x1a.inference.inference.Model\x12\x18\n\x10total_throughput\x18\x12 \x01(\x03\x12\"\n\x1a\x65xpected_throughput_vector\x18\x13 \x03(\x03\x12\x1e\n\x16real_throughput_vector\x18\x14 \x03(\x03J\x04\x08\x07\x10\x08\":\n\rSeedSignature\x12\x16\n\x0emember_address\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\"\x81\x01\n\x10ValidationWeight\x12\x16\n\x0emember_address\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x03\x12\x12\n\nreputation\x18\x03 \x01(\x05\x12\x31\n\x08ml_nodes\x18\x04 \x03(\x0b\x32\x1f.inference.inference.MLNodeInfo\"b\n\nMLNodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\nthroughput\x18\x02 \x01(\x03\x12\x12\n\npoc_weight\x18\x03 \x01(\x03\x12\x1b\n\x13timeslot_allocation\x18\x04 \x03(\x08*.\n\x0cTimeslotType\x12\x10\n\x0cPRE_POC_SLOT\x10\x00\x12\x0c\n\x08POC_SLOT\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dapi.gen.inference.inference.epoch_group_data_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIMESLOTTYPE']._serialized_start=1046
-  _globals['_TIMESLOTTYPE']._serialized_end=1092
+  _globals['_TIMESLOTTYPE']._serialized_start=1114
+  _globals['_TIMESLOTTYPE']._serialized_end=1160
   _globals['_EPOCHGROUPDATA']._serialized_start=135
-  _globals['_EPOCHGROUPDATA']._serialized_end=752
-  _globals['_SEEDSIGNATURE']._serialized_start=754
-  _globals['_SEEDSIGNATURE']._serialized_end=812
-  _globals['_VALIDATIONWEIGHT']._serialized_start=815
-  _globals['_VALIDATIONWEIGHT']._serialized_end=944
-  _globals['_MLNODEINFO']._serialized_start=946
-  _globals['_MLNODEINFO']._serialized_end=1044
+  _globals['_EPOCHGROUPDATA']._serialized_end=820
+  _globals['_SEEDSIGNATURE']._serialized_start=822
+  _globals['_SEEDSIGNATURE']._serialized_end=880
+  _globals['_VALIDATIONWEIGHT']._serialized_start=883
+  _globals['_VALIDATIONWEIGHT']._serialized_end=1012
+  _globals['_MLNODEINFO']._serialized_start=1014
+  _globals['_MLNODEINFO']._serialized_end=1112
 # @@protoc_insertion_point(module_scope)

@@ -60,6 +60,8 @@ class EpochGroupData(google.protobuf.message.Message):
     EPOCH_INDEX_FIELD_NUMBER: builtins.int
     MODEL_SNAPSHOT_FIELD_NUMBER: builtins.int
     TOTAL_THROUGHPUT_FIELD_NUMBER: builtins.int
+    EXPECTED_THROUGHPUT_VECTOR_FIELD_NUMBER: builtins.int
+    REAL_THROUGHPUT_VECTOR_FIELD_NUMBER: builtins.int
     poc_start_block_height: builtins.int
     epoch_group_id: builtins.int
     epoch_policy: builtins.str
@@ -87,6 +89,18 @@ class EpochGroupData(google.protobuf.message.Message):
     def model_snapshot(self) -> dapi.gen.inference.inference.model_pb2.Model:
         """Sub-groups only: the governance model as it was when the epoch formed."""
 
+    @property
+    def expected_throughput_vector(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """Parent group only, indexed like sub_group_models, in tokens per block (plan 6.4, DESIGN.md §6.1).
+        Not in the upstream proto (it has no such fields yet): 19 and 20 are our own numbers, and a chain
+        without them simply never sets them.
+        expected[i]: the throughput of model i's POC_SLOT nodes, what keeps serving during the PoC.
+        """
+
+    @property
+    def real_throughput_vector(self) -> google.protobuf.internal.containers.RepeatedScalarFieldContainer[builtins.int]:
+        """real[i]: model i's demand, measured at the pre-PoC block over the Inference phase that ended."""
+
     def __init__(
         self,
         *,
@@ -107,10 +121,12 @@ class EpochGroupData(google.protobuf.message.Message):
         epoch_index: builtins.int = ...,
         model_snapshot: dapi.gen.inference.inference.model_pb2.Model | None = ...,
         total_throughput: builtins.int = ...,
+        expected_throughput_vector: collections.abc.Iterable[builtins.int] | None = ...,
+        real_throughput_vector: collections.abc.Iterable[builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["model_snapshot", b"model_snapshot", "validation_params", b"validation_params"]
     def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["effective_block_height", b"effective_block_height", "epoch_group_id", b"epoch_group_id", "epoch_index", b"epoch_index", "epoch_policy", b"epoch_policy", "last_block_height", b"last_block_height", "member_seed_signatures", b"member_seed_signatures", "model_id", b"model_id", "model_snapshot", b"model_snapshot", "number_of_requests", b"number_of_requests", "poc_start_block_height", b"poc_start_block_height", "previous_epoch_requests", b"previous_epoch_requests", "sub_group_models", b"sub_group_models", "total_throughput", b"total_throughput", "total_weight", b"total_weight", "unit_of_compute_price", b"unit_of_compute_price", "validation_params", b"validation_params", "validation_weights", b"validation_weights"]
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["effective_block_height", b"effective_block_height", "epoch_group_id", b"epoch_group_id", "epoch_index", b"epoch_index", "epoch_policy", b"epoch_policy", "expected_throughput_vector", b"expected_throughput_vector", "last_block_height", b"last_block_height", "member_seed_signatures", b"member_seed_signatures", "model_id", b"model_id", "model_snapshot", b"model_snapshot", "number_of_requests", b"number_of_requests", "poc_start_block_height", b"poc_start_block_height", "previous_epoch_requests", b"previous_epoch_requests", "real_throughput_vector", b"real_throughput_vector", "sub_group_models", b"sub_group_models", "total_throughput", b"total_throughput", "total_weight", b"total_weight", "unit_of_compute_price", b"unit_of_compute_price", "validation_params", b"validation_params", "validation_weights", b"validation_weights"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___EpochGroupData: typing_extensions.TypeAlias = EpochGroupData

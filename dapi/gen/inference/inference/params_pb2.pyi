@@ -92,6 +92,7 @@ class EpochParams(google.protobuf.message.Message):
     SET_NEW_VALIDATORS_DELAY_FIELD_NUMBER: builtins.int
     INFERENCE_VALIDATION_CUTOFF_FIELD_NUMBER: builtins.int
     INFERENCE_PRUNING_EPOCH_THRESHOLD_FIELD_NUMBER: builtins.int
+    PRE_POC_SELECTION_OFFSET_FIELD_NUMBER: builtins.int
     epoch_length: builtins.int
     epoch_multiplier: builtins.int
     epoch_shift: builtins.int
@@ -103,6 +104,11 @@ class EpochParams(google.protobuf.message.Message):
     set_new_validators_delay: builtins.int
     inference_validation_cutoff: builtins.int
     inference_pruning_epoch_threshold: builtins.int
+    pre_poc_selection_offset: builtins.int
+    """Not upstream (DESIGN.md §6.1): the chain re-selects the effective epoch's POC_SLOT flags this many
+    blocks before the next PoC, and API nodes re-read their allocations then. 0 (any chain without the
+    field) = no pre-PoC selection. A high number so that upstream additions cannot collide with it.
+    """
     def __init__(
         self,
         *,
@@ -117,8 +123,9 @@ class EpochParams(google.protobuf.message.Message):
         set_new_validators_delay: builtins.int = ...,
         inference_validation_cutoff: builtins.int = ...,
         inference_pruning_epoch_threshold: builtins.int = ...,
+        pre_poc_selection_offset: builtins.int = ...,
     ) -> None: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["default_unit_of_compute_price", b"default_unit_of_compute_price", "epoch_length", b"epoch_length", "epoch_multiplier", b"epoch_multiplier", "epoch_shift", b"epoch_shift", "inference_pruning_epoch_threshold", b"inference_pruning_epoch_threshold", "inference_validation_cutoff", b"inference_validation_cutoff", "poc_exchange_duration", b"poc_exchange_duration", "poc_stage_duration", b"poc_stage_duration", "poc_validation_delay", b"poc_validation_delay", "poc_validation_duration", b"poc_validation_duration", "set_new_validators_delay", b"set_new_validators_delay"]
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["default_unit_of_compute_price", b"default_unit_of_compute_price", "epoch_length", b"epoch_length", "epoch_multiplier", b"epoch_multiplier", "epoch_shift", b"epoch_shift", "inference_pruning_epoch_threshold", b"inference_pruning_epoch_threshold", "inference_validation_cutoff", b"inference_validation_cutoff", "poc_exchange_duration", b"poc_exchange_duration", "poc_stage_duration", b"poc_stage_duration", "poc_validation_delay", b"poc_validation_delay", "poc_validation_duration", b"poc_validation_duration", "pre_poc_selection_offset", b"pre_poc_selection_offset", "set_new_validators_delay", b"set_new_validators_delay"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___EpochParams: typing_extensions.TypeAlias = EpochParams

@@ -169,7 +169,9 @@ function roleBlock(name, role) {
 
 function renderInference(inference, validation) {
   const holder = document.getElementById("inference");
-  holder.replaceChildren(inference ? el("div", {}, roleBlock("as transfer agent", inference.ta), roleBlock("as executor", inference.executor))
+  const serving = inference && inference.serving === false
+    ? el("p", { class: "na" }, "the transfer agent is not running (see /v1/status)") : null;
+  holder.replaceChildren(inference ? el("div", {}, serving, roleBlock("as transfer agent", inference.ta), roleBlock("as executor", inference.executor))
     : notAvailable("inference"));
   const v = document.getElementById("validation");
   v.replaceChildren(validation ? el("div", { class: "totals" }, ...["required", "selected", "pending", "sent", "landed", "failed"]
