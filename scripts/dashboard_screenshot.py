@@ -1,4 +1,4 @@
-"""Take the README's screenshot of the operator dashboard: a devnet at its third PoC start, in headless Chromium.
+"""The README's screenshot of the operator dashboard: a devnet under load at its third PoC start, in Chromium.
 
     .venv/bin/python scripts/dashboard_screenshot.py [docs/dashboard.png]
 
@@ -31,6 +31,7 @@ async def main(out: Path) -> None:
         feed = session.daemon.dashboard
         assert feed is not None
         feed.point_every = 2.0  # the devnet runs an epoch in seconds: chart points every 2 s, not 10 s
+        session.start_load(5, seed=7)  # client traffic through the daemon as TA, as `dapi devnet --load 5`
         # Epoch 2's PoC is the first run with POC_SLOT allocations: some nodes keep serving, the rest mine.
         boundary = 3 * EPOCH
         with tempfile.TemporaryDirectory() as profile:
