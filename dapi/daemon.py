@@ -37,6 +37,7 @@ from dapi.event_listener.subscription import ChainSubscription
 from dapi.inference.broker_nodes import BrokerNodePool
 from dapi.inference.service import InferenceService, build_inference
 from dapi.inference.stats import InferenceStats
+from dapi.inference.validation_service import ValidationService
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.node_store import NodeStore
@@ -128,6 +129,7 @@ class Daemon:
         self.broker: Broker | None = None
         self.store = NodeStore(self.data_dir / "nodes.json")
         self.seeds: SeedManager | None = None
+        self.validation: ValidationService | None = None
         self.dispatcher: Dispatcher | None = None
         self.follower: BlockFollower | None = None
         self.subscription: ChainSubscription | None = None
@@ -135,7 +137,6 @@ class Daemon:
         self.inference: InferenceService | None = None
         self.inference_stats = InferenceStats(on_record=self.metrics.inference_request)
         self._http: httpx.AsyncClient | None = None
-        self.dashboard: DashboardFeed | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
         self.should_exit = asyncio.Event()
@@ -206,6 +207,7 @@ class Daemon:
         self.seeds = SeedManager(self.data_dir / "seeds.json", key=self.identity.signer,
                                  account_address=self.identity.account_address, tx_sink=tx_sink)
         await self.seeds.load()
+        await self._start_validation()
         broker = self.broker
         validator = BatchValidator(chain.query, chain.rpc,
                                    lambda: [h.client for h in broker.validating_nodes()],
@@ -218,6 +220,19 @@ class Daemon:
         self.subscription.start()
         log.info("started", public=self.servers["public"].url, ml=self.servers["ml"].url,
                  admin=self.servers["admin"].url)
+
+    async def _start_validation(self) -> None:
+        """Inference validation (sampling, re-runs, MsgValidation) and the claim gate; only with a signer."""
+        if self.identity.read_only:
+            return
+        assert self.chain and self.broker and self.outbox and self.seeds
+        self.validation = ValidationService(
+            data_dir=self.data_dir, rpc=self.chain.rpc, query=self.chain.query, view=self.view, nodes=self.broker,
+            outbox=self.outbox, lookup=self.chain.broadcaster, seeds=self.seeds,
+            account=self.identity.account_address, metrics=self.metrics,
+            poll_interval=max(0.05, min(0.5, self.config.outbox.poll_interval)),
+        )
+        await self.validation.start()
 
     async def _make_signer(self) -> TxSigner:
         assert self.chain is not None and self.identity.signer is not None
@@ -240,11 +255,8 @@ class Daemon:
                                participant_pubkey_hex=self.identity.pubkey_hex,
                                legacy_callbacks=api.ml_legacy_callbacks, metrics=self.metrics,
                                body_limit=api.ml_body_limit, max_tx_bytes=self.config.chain_node.max_tx_bytes)
-        self.dashboard = DashboardFeed(broker=broker, view=self.view, outbox=self.outbox, metrics=self.metrics,
-                                       status=self.status, claimed_epoch=self._claimed_epoch)
-        await self.dashboard.start()
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token,
-                                 dashboard=self.dashboard)
+                                 dashboard=DashboardFeed.started(self, self._tasks))
         limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):
@@ -315,8 +327,8 @@ class Daemon:
         if self.dispatcher is not None:
             await bounded("dispatcher duties", self.dispatcher.stop())
         await self._tasks.stop()
-        if self.dashboard is not None:
-            await bounded("dashboard", self.dashboard.stop())
+        if self.validation is not None:
+            await bounded("inference validation", self.validation.stop())
         if self.outbox is not None:
             await bounded("outbox", self.outbox.stop())
         if self.broker is not None:
@@ -330,9 +342,6 @@ class Daemon:
         log.info("stopped")
 
     # -- status ----------------------------------------------------------------------------------
-
-    def _claimed_epoch(self) -> int | None:
-        return self.seeds.last_claimed_epoch if self.seeds is not None else None
 
     def _refresh_metrics(self) -> None:
         if self.broker is None:
@@ -366,6 +375,7 @@ class Daemon:
             "follower": self.follower.status() if self.follower else BlockFollower.idle_status(),
             "inference": {"serving": bool(self.inference and self.inference.ta), **self.inference_stats.summary()},
         }
+        components["validation"] = self.validation.status() if self.validation else ValidationService.disabled()
         return {
             "version": __version__,
             "account_address": self.identity.account_address,

@@ -50,6 +50,20 @@ class Metrics:
             "dapi_inference_seconds", "Duration of chat completions served in full, by role", ["role"], registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
+        self.validations = Gauge(
+            "dapi_inference_validations",
+            "Inference validations: selected, pending, sent, landed, failed (value not above the model's "
+            "threshold) since the queue began, and required (what the chain's claim check asks of the latest epoch)",
+            ["kind"], registry=r,
+        )
+        self.validation_claims_forced = Counter(
+            "dapi_validation_claims_forced",
+            "Reward claims sent at the claim deadline with required validations still missing", registry=r,
+        )
+        self.last_claim_amount = Gauge("dapi_last_claim_amount", "What the last reward claim paid (ngonka)",
+                                       registry=r)
+        self.last_claim_paid = Gauge("dapi_last_claim_paid", "1 if the last reward claim paid something, else 0",
+                                     registry=r)
 
     def inference_request(self, role: str, model: str, outcome: str, seconds: float) -> None:
         # Refusal messages can carry addresses; keep the label set bounded to the message's first words.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright
 
+from dapi.server.admin.feed import DashboardFeed
 from dapi.testbed.session import DevnetSession
 
 BLOCK = 0.2
@@ -27,10 +28,8 @@ async def main(out: Path) -> None:
     executable = shutil.which("chromium")
     if executable is None:
         raise SystemExit("chromium not found: apt-get install -y chromium")
+    DashboardFeed.point_every = 2.0  # the devnet runs an epoch in seconds: chart points every 2 s, not 10 s
     async with DevnetSession(participants=3, nodes_per_participant=4, block_time=BLOCK) as session:
-        feed = session.daemon.dashboard
-        assert feed is not None
-        feed.point_every = 2.0  # the devnet runs an epoch in seconds: chart points every 2 s, not 10 s
         session.start_load(5, seed=7)  # client traffic through the daemon as TA, as `dapi devnet --load 5`
         # Epoch 2's PoC is the first run with POC_SLOT allocations: some nodes keep serving, the rest mine.
         boundary = 3 * EPOCH

@@ -139,6 +139,29 @@ async def test_inference_and_validation_are_shown_and_charted_once_the_daemon_re
     assert history["epochs"][-1]["epoch"] == 1 and history["epochs"][-1]["validations"]["landed"] == 2
 
 
+async def test_the_validation_services_own_epochs_and_claim_are_charted_and_its_other_keys_ignored() -> None:
+    # The shape of ValidationService.status(): counters, flags, per-epoch counts and the last claim.
+    validation = {"enabled": True, "healthy": True, "selected": 6, "pending": 0, "sent": 6, "landed": 5, "failed": 1,
+                  "required": 6, "gone": 0, "epoch": 3, "scanned_to": 130, "claim_waiting": False,
+                  "by_epoch": {"2": {"required": 4, "sent": 4, "landed": 4, "failed": 0},
+                               "3": {"required": 2, "sent": 2, "landed": 1, "failed": 1}},
+                  "claim": {"epoch": 2, "code": 0, "amount": 1234, "result": "paid", "paid": True, "forced": False,
+                            "missing_validations": 0, "state": "landed"}}
+    status: dict[str, Any] = {"components": {"validation": validation}}
+    view = ChainView()
+    feed = DashboardFeed(broker=Board(), view=view, outbox=None, metrics=Metrics(), status=lambda: status)
+    at(view, 3, 125)
+    await feed.sample()
+    doc = await feed.dashboard()
+    assert doc["validation"] == {"selected": 6, "pending": 0, "sent": 6, "landed": 5, "failed": 1, "required": 6,
+                                 "enabled": True}
+    epochs = {e["epoch"]: e for e in feed.history()["epochs"]}
+    assert epochs[2]["validations"] == {"sent": 4, "landed": 4, "failed": 0, "required": 4}
+    assert epochs[3]["validations"]["failed"] == 1
+    assert (epochs[2]["claim_sent"], epochs[2]["claim_landed"], epochs[2]["reward"]) == (True, True, 1234)
+    assert epochs[3]["reward"] is None
+
+
 # -- the page and the token ------------------------------------------------------------------------
 
 

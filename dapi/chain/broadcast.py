@@ -19,6 +19,14 @@ BROADCAST_TX = "/cosmos.tx.v1beta1.Service/BroadcastTx"
 GET_TX = "/cosmos.tx.v1beta1.Service/GetTx"
 
 
+def _hex_data(text: str) -> bytes:
+    """``TxResponse.data``: the SDK prints the TxMsgData bytes as hex there."""
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return b""
+
+
 class Broadcaster(Protocol):
     """Sends signed txs to the chain node and looks them up by hash; one implementation per transport."""
 
@@ -84,6 +92,7 @@ class GrpcBroadcaster:
             code=response.code,
             log=response.raw_log,
             codespace=response.codespace,
+            data=_hex_data(response.data),
         )
 
     async def aclose(self) -> None:

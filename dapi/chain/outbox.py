@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from dapi.chain.broadcast import Broadcaster
 from dapi.chain.errors import ChainError, ChainNotFound
 from dapi.chain.messages import message_class, type_url_of
-from dapi.chain.outbox_store import DeadLetter, OutboxRow, OutboxStore
+from dapi.chain.outbox_store import DeadLetter, OutboxRow, OutboxStore, RowFate
 from dapi.chain.tx import SignedTx, TxSigner
 from dapi.config import OutboxConfig
 from dapi.logs import get_logger
@@ -337,6 +337,11 @@ class Outbox:
 
     async def landed(self, limit: int = 1000) -> list[OutboxRow]:
         return await self._db(self._store_or_raise().rows, ("landed",), limit)
+
+    async def fates(self, row_ids: Iterable[int]) -> dict[int, RowFate]:
+        """Where each of these submitted messages is now (landed rows keep their tx hash for a result lookup)."""
+        ids = list(row_ids)
+        return await self._db(self._store_or_raise().fates, ids)
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return await self._db(self._store_or_raise().dead_letters, limit)

@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from dapi.chain.messages import message_class
 from dapi.runtime.files import private_dir, private_file
 
-__all__ = ["LANDED_KEPT", "DeadLetter", "OutboxRow", "OutboxStore"]
+__all__ = ["LANDED_KEPT", "DeadLetter", "OutboxRow", "OutboxStore", "RowFate"]
 
 LANDED_KEPT = 7 * 24 * 3600.0  # seconds a landed row is kept for inspection before it is pruned
 
@@ -84,6 +84,18 @@ class DeadLetter:
 
     def message(self) -> Message:
         return message_class(self.type_url).FromString(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class RowFate:
+    """Where one submitted message is: pending, sent, landed (with its tx hash and height) or dead (code, log)."""
+
+    id: int
+    state: str  # pending | sent | landed | dead | unknown (pruned, or never this outbox's)
+    tx_hash: str | None = None
+    height: int | None = None
+    code: int = 0
+    log: str = ""
 
 
 class OutboxStore:
@@ -178,6 +190,20 @@ class OutboxStore:
             (*states, limit),
         ).fetchall()
         return [OutboxRow(*row) for row in found]
+
+    def fates(self, ids: Iterable[int]) -> dict[int, RowFate]:
+        wanted = list(dict.fromkeys(ids))
+        found: dict[int, RowFate] = {}
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row_id, state, tx_hash, height in self.db.execute(
+                    f"SELECT id, state, tx_hash, height FROM messages WHERE id IN ({marks})", chunk):
+                found[row_id] = RowFate(row_id, state, tx_hash, height)
+            for row_id, tx_hash, code, log_text in self.db.execute(
+                    f"SELECT id, tx_hash, code, log FROM dead_letters WHERE id IN ({marks})", chunk):
+                found[row_id] = RowFate(row_id, "dead", tx_hash, None, code, log_text)
+        return {row_id: found.get(row_id, RowFate(row_id, "unknown")) for row_id in wanted}
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         found = self.db.execute(

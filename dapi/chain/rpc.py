@@ -1,4 +1,4 @@
-"""CometBFT RPC client (JSON-RPC 2.0 over HTTP POST): status, block, tx, broadcast_tx_sync, abci_query.
+"""CometBFT RPC client (JSON-RPC 2.0 over HTTP POST): status, block, block_results, tx, broadcast_tx_sync, abci_query.
 
 Only the JSON shapes of CometBFT 0.38 are relied on: heights are decimal strings, byte fields are
 base64 in requests and responses, hashes are uppercase hex, a missing tx is a JSON-RPC error whose
@@ -80,6 +80,26 @@ class TxResult:
     code: int
     log: str
     codespace: str = ""
+    data: bytes = b""  # the tx's result data: a TxMsgData with one response per message
+
+
+@dataclass(frozen=True, slots=True)
+class TxEvent:
+    """One event of a tx result: its type and its attributes in order (a key may repeat)."""
+
+    type: str
+    attributes: tuple[tuple[str, str], ...]
+
+    def values(self, key: str) -> list[str]:
+        return [v for k, v in self.attributes if k == key]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockTxResult:
+    """A tx result of ``block_results``: its code and its events (only code 0 txs changed any state)."""
+
+    code: int
+    events: tuple[TxEvent, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +125,15 @@ def _int(value: Any, what: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ChainBadResponse(f"{what}: expected an integer, got {value!r}") from None
+
+
+def _b64(value: Any, what: str) -> bytes:
+    if not value:
+        return b""
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (ValueError, TypeError):
+        raise ChainBadResponse(f"{what}: not base64") from None
 
 
 def _dig(obj: Any, *path: str) -> Any:
@@ -209,7 +238,21 @@ class CometRPC:
             code=_int(tx_result.get("code", 0), "tx_result.code"),
             log=str(tx_result.get("log", "")),
             codespace=str(tx_result.get("codespace", "")),
+            data=_b64(tx_result.get("data"), "tx_result.data"),
         )
+
+    async def block_results(self, height: int) -> list[BlockTxResult]:
+        """The results of the txs of block ``height``, with their events (CometBFT 0.38: plain-text attributes)."""
+        result = await self.call("block_results", {"height": str(height)})
+        found: list[BlockTxResult] = []
+        for tx_result in (result.get("txs_results") if isinstance(result, dict) else None) or []:
+            events = []
+            for event in tx_result.get("events") or []:
+                attributes = tuple((str(a.get("key", "")), str(a.get("value", "")))
+                                   for a in event.get("attributes") or [] if isinstance(a, dict))
+                events.append(TxEvent(str(event.get("type", "")), attributes))
+            found.append(BlockTxResult(code=_int(tx_result.get("code", 0), "txs_results.code"), events=tuple(events)))
+        return found
 
     async def abci_query(self, path: str, data: bytes, height: int = 0) -> AbciQueryResult:
         result = await self.call(

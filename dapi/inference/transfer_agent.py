@@ -220,9 +220,11 @@ class TransferAgent:
         seed = self.rng.randrange(INT32_MAX + 1)
         try:
             payload = canonical_payload(modify_request_body(accepted.raw, seed))
-        except RequestBodyError as exc:
+        except RequestBodyError as exc:  # refused here: `serve` has passed its Rejected handler
             self._give_back(accepted)
-            raise Rejected(400, f"Bad Request: {exc}") from None
+            rejected = Rejected(400, f"Bad Request: {exc}")
+            self.stats.record(Role.TRANSFER_AGENT, accepted.request.model, rejected.reason, self._clock() - started)
+            return Reply.error(rejected)
         tried: list[str] = []
         reasons: list[str] = []
         for _ in range(self.attempts):

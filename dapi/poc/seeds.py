@@ -9,10 +9,11 @@ sends a second seed or a second claim for the same epoch.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dapi.chain.keys import SigningKey
 from dapi.chain.outbox import TxSink
@@ -36,6 +37,14 @@ def sign_seed(key: SigningKey, seed: int) -> str:
     return key.sign(seed.to_bytes(8, "big", signed=True)).hex()
 
 
+class ClaimGate(Protocol):
+    """Decides when an epoch's claim may go out (the inference validations it needs have landed)."""
+
+    async def may_claim(self, epoch_index: int) -> bool: ...
+
+    async def claim_sent(self, epoch_index: int, outbox_row: int | None) -> None: ...
+
+
 class SeedManager:
     """The participant's upcoming, current and previous seeds: made at PoC start, rotated, then used to claim.
 
@@ -57,6 +66,9 @@ class SeedManager:
         self.last_claimed_epoch: int | None = None
         self.seeds_sent = 0
         self.claims_sent = 0
+        # Set by the daemon when it validates inferences: the claim then waits for the epoch's validations.
+        self.gate: ClaimGate | None = None
+        self._claiming = asyncio.Lock()  # the block dispatcher and the gate both ask for the claim
 
     async def load(self) -> None:
         doc = await load_json(self.path)
@@ -115,16 +127,37 @@ class SeedManager:
         await self._save()
         log.info("seeds rotated", current_epoch=self.current.epoch_index if self.current else None)
 
-    async def claim(self) -> bool:
-        """At claim-money: claim the rewards of the epoch whose seed is now previous, once."""
+    def seed_for(self, epoch_index: int) -> Seed | None:
+        """The seed made for ``epoch_index`` (the one its claim will carry), if this node still holds it."""
+        return next((s for s in (self.current, self.previous, self.upcoming)
+                     if s is not None and s.epoch_index == epoch_index), None)
+
+    @property
+    def claim_pending(self) -> int | None:
+        """The epoch whose claim is due and not yet sent (previous seed, not claimed), if any."""
         if self._tx is None or self.previous is None:
-            return False
+            return None
         if self.last_claimed_epoch is not None and self.previous.epoch_index <= self.last_claimed_epoch:
-            return False
-        await self._tx.submit(MsgClaimRewards(creator=self._account, seed=self.previous.seed,
-                                              epoch_index=self.previous.epoch_index))
-        self.last_claimed_epoch = self.previous.epoch_index
-        await self._save()
-        self.claims_sent += 1
-        log.info("rewards claimed", epoch=self.previous.epoch_index)
-        return True
+            return None
+        return self.previous.epoch_index
+
+    async def claim(self) -> bool:
+        """At claim-money (and again whenever the gate asks): claim the epoch whose seed is now previous, once.
+
+        With a gate, the claim waits until the gate allows it; the gate calls this again when it does.
+        """
+        async with self._claiming:
+            epoch = self.claim_pending
+            if epoch is None or self.previous is None or self._tx is None:
+                return False
+            if self.gate is not None and not await self.gate.may_claim(epoch):
+                return False
+            row = await self._tx.submit(MsgClaimRewards(creator=self._account, seed=self.previous.seed,
+                                                        epoch_index=epoch))
+            self.last_claimed_epoch = epoch
+            await self._save()
+            self.claims_sent += 1
+            if self.gate is not None:
+                await self.gate.claim_sent(epoch, row)
+            log.info("rewards claimed", epoch=epoch)
+            return True

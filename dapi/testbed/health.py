@@ -98,7 +98,19 @@ class HealthWatch:
                 self.on_epoch({"event": "epoch", **report.as_json(),
                                "poc_slot_policy": str(devnet.genesis.poc_slot_policy),
                                "poc": [c.as_json() for c in self.poc if c.epoch == epoch],
-                               "models_ok": self.models[-1].equal if self.models else None})
+                               "models_ok": self.models[-1].equal if self.models else None,
+                               **self._validation_report(epoch - 1)})
+
+    def _validation_report(self, epoch: int) -> dict[str, Any]:
+        """The own participant's validations of ``epoch`` (the one that just ended) and its latest answered claim."""
+        service = self.session.daemon.validation
+        if service is None:
+            return {"validations": None, "claim": None}
+        claim = service.last_claim
+        return {
+            "validations": service.epoch_report(epoch),
+            "claim": None if claim is None else {k: claim[k] for k in ("epoch", "code", "amount", "result")},
+        }
 
     async def _wait_daemon_at(self, height: int) -> None:
         view = self.session.daemon.view

@@ -11,7 +11,8 @@ from typing import Any
 
 from dapi.devnet.ledger import Block, Ledger, TxEvent, TxRecord
 
-__all__ = ["block_json", "comet_hash", "events_json", "flatten_events", "new_block_event", "tx_result_json"]
+__all__ = ["block_json", "block_results_json", "comet_hash", "events_json", "flatten_events", "new_block_event",
+           "tx_result_json"]
 
 
 def comet_hash(*parts: object) -> str:
@@ -78,6 +79,21 @@ def block_json(ledger: Ledger, block: Block) -> dict[str, Any]:
                 "signatures": [],
             },
         },
+    }
+
+
+def block_results_json(block: Block) -> dict[str, Any]:
+    """The `block_results` result: the block's tx results with their events (null when it has no tx)."""
+    return {
+        "height": str(block.height),
+        "txs_results": [tx_result_json(t) for t in block.txs] or None,
+        "finalize_block_events": [
+            {"type": "inference_epoch_stage", "attributes": [{"key": "stage", "value": s.value, "index": True}]}
+            for s in block.stages
+        ],
+        "validator_updates": [],
+        "consensus_param_updates": None,
+        "app_hash": base64.b64encode(bytes.fromhex(block.app_hash)).decode(),
     }
 
 

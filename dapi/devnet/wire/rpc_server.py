@@ -37,6 +37,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from dapi.devnet.ledger import Block, Ledger
 from dapi.devnet.wire.comet_json import (
     block_json,
+    block_results_json,
     comet_hash,
     events_json,
     flatten_events,
@@ -122,6 +123,7 @@ def _param_names() -> dict[str, tuple[str, ...]]:
         "status": (),
         "abci_info": (),
         "block": ("height",),
+        "block_results": ("height",),
         "tx": ("hash", "prove"),
         "broadcast_tx_sync": ("tx",),
         "broadcast_tx_async": ("tx",),
@@ -148,6 +150,7 @@ class CometRpcServer:
             "status": self._status,
             "abci_info": self._abci_info,
             "block": self._block,
+            "block_results": self._block_results,
             "tx": self._tx,
             "broadcast_tx_sync": self._broadcast,
             "broadcast_tx_async": self._broadcast,
@@ -354,7 +357,7 @@ class CometRpcServer:
             "last_block_app_hash": base64.b64encode(bytes.fromhex(latest.app_hash)).decode() if latest else "",
         }}
 
-    def _block(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
+    def _stored_block(self, params: dict[str, Any]) -> Block:
         height = self._int_param(params, "height", None)
         current = self.ledger.height
         if height is None:
@@ -367,7 +370,13 @@ class CometRpcServer:
             raise _internal(f"height {height} must be less than or equal to the current blockchain height {current}")
         block = self.ledger.block(height)
         assert block is not None
-        return block_json(self.ledger, block)
+        return block
+
+    def _block(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
+        return block_json(self.ledger, self._stored_block(params))
+
+    def _block_results(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
+        return block_results_json(self._stored_block(params))
 
     def _tx(self, params: dict[str, Any], uri: bool) -> dict[str, Any]:
         raw_hash = self._bytes_param(params, "hash", uri=uri)

@@ -11,9 +11,11 @@ from dapi.chain.epochs import EpochContext, Phase
 from dapi.chain.outbox_store import DeadLetter
 from dapi.gen.inference.inference.tx_pb2 import MsgSubmitPocBatch
 
-__all__ = ["POC_BATCH", "inference_totals", "iso", "node_row", "phase_bar", "poc_stage"]
+__all__ = ["POC_BATCH", "inference_totals", "iso", "node_row", "phase_bar", "poc_stage", "validation_counts",
+           "validation_view"]
 
 POC_BATCH = "/inference.inference.MsgSubmitPocBatch"
+VALIDATION_KEYS = ("selected", "pending", "sent", "landed", "failed", "required")
 
 
 def iso(ts: float) -> str:
@@ -113,3 +115,15 @@ def poc_stage(letter: DeadLetter) -> int | None:
     except Exception:
         return None
     return msg.poc_stage_start_block_height
+
+
+def validation_counts(counts: Mapping[str, Any]) -> dict[str, int]:
+    """The validation counters of a status object (its other keys — claim, flags, per-epoch maps — left out)."""
+    return {k: int(counts[k]) for k in VALIDATION_KEYS if isinstance(counts.get(k), int)}
+
+
+def validation_view(validation: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The dashboard's validation section: the counters and whether the daemon validates at all."""
+    if validation is None:
+        return None
+    return {**validation_counts(validation), "enabled": bool(validation.get("enabled", True))}

@@ -167,8 +167,9 @@ class InferenceJson(BaseModel):
 
 
 class ValidationJson(BaseModel):
-    """Inference validations of this participant (absent until the daemon validates inferences)."""
+    """Inference validations of this participant (null while the daemon does not report them)."""
 
+    enabled: bool = True
     selected: int = 0
     pending: int = 0
     sent: int = 0
@@ -223,12 +224,13 @@ class PointJson(BaseModel):
 
 
 class EpochRecordJson(BaseModel):
-    """One recent epoch: the own weight, whether its rewards claim was sent and landed, its validations."""
+    """One recent epoch: the own weight, its rewards claim (sent, landed, amount paid), its validations."""
 
     epoch: int
     weight: int | None
     claim_sent: bool
     claim_landed: bool
+    reward: int | None
     validations: dict[str, int] | None
 
 

@@ -24,9 +24,18 @@ from dapi.chain.outbox_store import DeadLetter
 from dapi.chain.view import ChainView
 from dapi.metrics import Metrics
 from dapi.runtime.tasks import TaskOwner
-from dapi.server.admin.board import POC_BATCH, inference_totals, iso, node_row, phase_bar, poc_stage
+from dapi.server.admin.board import (
+    POC_BATCH,
+    inference_totals,
+    iso,
+    node_row,
+    phase_bar,
+    poc_stage,
+    validation_counts,
+    validation_view,
+)
 
-__all__ = ["BoardBroker", "BoardOutbox", "DashboardFeed"]
+__all__ = ["BoardBroker", "BoardOutbox", "DaemonParts", "DashboardFeed"]
 
 KEEP_STAGES = 8
 KEEP_EPOCHS = 8
@@ -68,6 +77,7 @@ class _EpochRecord:
     claim_sent: bool = False
     claim_landed: bool = False
     validations: dict[str, int] | None = None
+    reward: int | None = None
 
 
 @dataclass
@@ -84,8 +94,36 @@ class _Totals:
     stage_dead: dict[int, int] = field(default_factory=dict)
 
 
+class Claims(Protocol):
+    """The seed manager, for the last epoch whose rewards were claimed."""
+
+    @property
+    def last_claimed_epoch(self) -> int | None: ...
+
+
+class DaemonParts(Protocol):
+    """The daemon as the dashboard sees it: the components it reads, and its status document."""
+
+    @property
+    def broker(self) -> BoardBroker | None: ...
+
+    @property
+    def view(self) -> ChainView: ...
+
+    @property
+    def outbox(self) -> BoardOutbox | None: ...
+
+    @property
+    def metrics(self) -> Metrics: ...
+
+    @property
+    def seeds(self) -> Claims | None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class DashboardFeed:
-    """The dashboard's documents: :meth:`dashboard` (now) and :meth:`history` (charts); :meth:`start` samples.
+    """The dashboard's documents: :meth:`dashboard` (now) and :meth:`history` (charts); :meth:`run` samples.
 
     Args:
         broker: the ML nodes, their diagnostics and the epoch state.
@@ -94,13 +132,16 @@ class DashboardFeed:
         metrics: the daemon's counters (batches, landed txs).
         status: the daemon's ``/v1/status`` document (chain sync, optional inference and validation).
         claimed_epoch: the last epoch whose rewards were claimed (None: none yet).
-        tick: seconds between samples; point_every: seconds between kept chart points.
+        tick: seconds between samples; point_every: seconds between kept chart points (default: the class's).
         clock: wall-clock seconds (tests pass a fake one).
     """
 
+    point_every = 10.0  # a class default, so a devnet script can chart seconds-long epochs more finely
+
     def __init__(self, *, broker: BoardBroker, view: ChainView, outbox: BoardOutbox | None, metrics: Metrics,
                  status: Callable[[], dict[str, Any]], claimed_epoch: Callable[[], int | None] = lambda: None,
-                 tick: float = 1.0, point_every: float = 10.0, clock: Callable[[], float] = time.time) -> None:
+                 tick: float = 1.0, point_every: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._broker = broker
         self._view = view
         self._outbox = outbox
@@ -108,29 +149,32 @@ class DashboardFeed:
         self._status = status
         self._claimed_epoch = claimed_epoch
         self.tick = tick
-        self.point_every = point_every
+        if point_every is not None:
+            self.point_every = point_every
         self._clock = clock
         self._stages: dict[int, _Stage] = {}
         self._epochs: dict[int, _EpochRecord] = {}
-        self._points: deque[dict[str, Any]] = deque(maxlen=max(1, int(HOUR / point_every)))
+        self._points: deque[dict[str, Any]] = deque(maxlen=max(1, int(HOUR / self.point_every)))
         self._totals = _Totals()
         self._last_point: tuple[float, int | None, int] | None = None
         self._dead_letters: list[DeadLetter] = []
-        self._tasks = TaskOwner("dashboard")
         self._sampling = asyncio.Lock()  # the sampler task and page requests both sample; one at a time
         self.samples = 0
 
-    async def start(self) -> None:
-        await self.sample()  # the baseline: what happened before the start is not attributed to any stage
-        self._tasks.supervise(self._loop, "dashboard-sampler")
+    @classmethod
+    def started(cls, parts: DaemonParts, owner: TaskOwner) -> DashboardFeed:
+        """A feed over a daemon's parts whose sampler runs as a task of ``owner`` (cancelled by its stop)."""
+        assert parts.broker is not None, "the broker starts before the admin server"
+        feed = cls(broker=parts.broker, view=parts.view, outbox=parts.outbox, metrics=parts.metrics,
+                   status=parts.status, claimed_epoch=lambda: parts.seeds.last_claimed_epoch if parts.seeds else None)
+        owner.supervise(feed.run, "dashboard-sampler")
+        return feed
 
-    async def stop(self) -> None:
-        await self._tasks.stop()
-
-    async def _loop(self) -> None:
+    async def run(self) -> None:
+        """Sample every ``tick`` seconds until cancelled; the first sample is the baseline nothing is counted in."""
         while True:
-            await asyncio.sleep(self.tick)
             await self.sample()
+            await asyncio.sleep(self.tick)
 
     # -- sampling ---------------------------------------------------------------------------------
 
@@ -174,7 +218,7 @@ class DashboardFeed:
         return int(self._metrics.txs_landed.labels(type=type_name)._value.get())
 
     def _sample_epoch(self, latest: int | None, claims_landed: int, first: bool,
-                      validation: Mapping[str, int] | None) -> None:
+                      validation: Mapping[str, Any] | None) -> None:
         t = self._totals
         diags = self._broker.diagnostics()
         held = next((d.epoch_data_epoch for d in diags.values() if d.epoch_data_epoch is not None), None)
@@ -188,14 +232,31 @@ class DashboardFeed:
             if claims_landed > t.claims_landed and not first:
                 record.claim_landed = True
         t.claims_landed = claims_landed
-        if validation is not None and latest is not None:
-            now = {k: int(v) for k, v in validation.items()}
+        if validation is not None:
+            self._sample_validations(validation, latest, first)
+        self._prune(self._epochs, KEEP_EPOCHS)
+
+    def _sample_validations(self, validation: Mapping[str, Any], latest: int | None, first: bool) -> None:
+        """Per epoch: the daemon's own ``by_epoch`` counts when it has them, else the counts' changes; the claim."""
+        t = self._totals
+        by_epoch = validation.get("by_epoch")
+        if isinstance(by_epoch, Mapping):
+            for epoch, counts in by_epoch.items():
+                self._epochs.setdefault(int(epoch), _EpochRecord()).validations = validation_counts(counts)
+        elif latest is not None:
+            now = validation_counts(validation)
             if t.validations is not None and not first:
                 record = self._epochs.setdefault(latest, _EpochRecord())
                 record.validations = {k: (record.validations or {}).get(k, 0) + now[k] - t.validations.get(k, 0)
                                       for k in now}
             t.validations = now
-        self._prune(self._epochs, KEEP_EPOCHS)
+        claim = validation.get("claim")
+        if isinstance(claim, Mapping) and isinstance(claim.get("epoch"), int):
+            record = self._epochs.setdefault(claim["epoch"], _EpochRecord())
+            record.claim_sent = True
+            record.claim_landed = record.claim_landed or claim.get("state") == "landed"
+            amount = claim.get("amount")
+            record.reward = amount if isinstance(amount, int) else record.reward
 
     def _add_point(self, now: float, requests: int | None, accepted: int,
                    inference: Mapping[str, Any] | None) -> None:
@@ -231,7 +292,7 @@ class DashboardFeed:
             "nodes": self._nodes(),
             "poc": self._poc(),
             "inference": components.get("inference"),
-            "validation": components.get("validation"),
+            "validation": validation_view(components.get("validation")),
             "outbox": await self._outbox_view(),
         }
 
@@ -303,5 +364,5 @@ class DashboardFeed:
             "point_seconds": self.point_every,
             "points": list(self._points),
             "epochs": [{"epoch": e, "weight": r.weight, "claim_sent": r.claim_sent, "claim_landed": r.claim_landed,
-                        "validations": r.validations} for e, r in sorted(self._epochs.items())],
+                        "reward": r.reward, "validations": r.validations} for e, r in sorted(self._epochs.items())],
         }

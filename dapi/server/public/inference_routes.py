@@ -111,7 +111,7 @@ def add_inference_routes(app: FastAPI, service: InferenceService) -> None:
     # The request model is documented without FastAPI reading the body (the raw bytes are signed).
     _document(app, ChatCompletionRequest)
 
-    @app.get("/v1/chat/completions/{inference_id}", response_model=None,
+    @app.get("/v1/chat/completions/{inference_id:path}", response_model=None,
              responses={200: {"description": "The chain's Inference record"}, **error_responses(400, 404, 503)})
     async def get_chat_completion(inference_id: str) -> Response:
         """The chain's record of an inference (its id is the client's Authorization signature)."""

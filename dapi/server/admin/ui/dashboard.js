@@ -174,8 +174,10 @@ function renderInference(inference, validation) {
   holder.replaceChildren(inference ? el("div", {}, serving, roleBlock("as transfer agent", inference.ta), roleBlock("as executor", inference.executor))
     : notAvailable("inference"));
   const v = document.getElementById("validation");
-  v.replaceChildren(validation ? el("div", { class: "totals" }, ...["required", "selected", "pending", "sent", "landed", "failed"]
-    .map((k) => el("span", {}, `${k} `, el("b", {}, validation[k] ?? 0)))) : notAvailable("validations"));
+  const off = validation && validation.enabled === false
+    ? el("p", { class: "na" }, "not validating: read-only daemon (no signer key)") : null;
+  v.replaceChildren(validation ? el("div", {}, off, el("div", { class: "totals" }, ...["required", "selected", "pending", "sent", "landed", "failed"]
+    .map((k) => el("span", {}, `${k} `, el("b", {}, validation[k] ?? 0))))) : notAvailable("validations"));
 }
 
 function renderOutbox(outbox) {
@@ -233,7 +235,10 @@ function renderHistory(history) {
   const epochs = history.epochs;
   const labels = epochs.map((e) => String(e.epoch));
   barChart("chart-weight", labels, epochs.map((e) => e.weight));
-  barChart("chart-claims", labels, epochs.map((e) => (e.claim_sent ? 1 : 0)), epochs.map((e) => e.claim_landed));
+  // The amount the chain paid when the daemon reads it; else 1 for a claim sent (green once it landed).
+  const paid = epochs.some((e) => e.reward !== null && e.reward !== undefined);
+  barChart("chart-claims", labels, epochs.map((e) => (paid ? e.reward ?? null : e.claim_sent ? 1 : 0)),
+    epochs.map((e) => e.claim_landed));
   const absent = "not available (this daemon does not report it yet)";
   const noValidations = epochs.every((e) => !e.validations);
   barChart("chart-validations", labels, epochs.map((e) => (e.validations ? e.validations.landed ?? 0 : null)), null,
