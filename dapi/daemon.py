@@ -49,7 +49,6 @@ from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.app import create_admin_app
-from dapi.server.admin.feed import DashboardFeed
 from dapi.server.mlnode.app import BrokerNodes, create_mlnode_app
 from dapi.server.public.app import create_public_app
 
@@ -135,7 +134,8 @@ class Daemon:
         self.subscription: ChainSubscription | None = None
         self.servers: dict[str, EmbeddedServer] = {}
         self.inference: InferenceService | None = None
-        self.inference_stats = InferenceStats(on_record=self.metrics.inference_request)
+        self.inference_stats = InferenceStats(on_record=self.metrics.inference_request,
+                                              on_retry=self.metrics.inference_retried)
         self._http: httpx.AsyncClient | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
@@ -256,7 +256,7 @@ class Daemon:
                                legacy_callbacks=api.ml_legacy_callbacks, metrics=self.metrics,
                                body_limit=api.ml_body_limit, max_tx_bytes=self.config.chain_node.max_tx_bytes)
         admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token,
-                                 dashboard=DashboardFeed.started(self, self._tasks))
+                                 daemon=self, tasks=self._tasks)
         limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # the record's shape only: metrics sit below every component
+    from dapi.inference.stats import InferenceRecord
 
 
 class Metrics:
@@ -50,6 +55,18 @@ class Metrics:
             "dapi_inference_seconds", "Duration of chat completions served in full, by role", ["role"], registry=r,
             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
+        self.inference_first_byte_seconds = Histogram(
+            "dapi_inference_first_byte_seconds", "Time to the answer's first byte, by role", ["role"], registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.inference_tokens = Counter(
+            "dapi_inference_tokens", "Tokens (prompt + completion) of chat completions served in full",
+            ["role", "model"], registry=r,
+        )
+        self.inference_retries = Counter(
+            "dapi_inference_retries", "Executors the TA skipped (refused, failed or timed out before answering)",
+            registry=r,
+        )
         self.validations = Gauge(
             "dapi_inference_validations",
             "Inference validations: selected, pending, sent, landed, failed (value not above the model's "
@@ -65,11 +82,16 @@ class Metrics:
         self.last_claim_paid = Gauge("dapi_last_claim_paid", "1 if the last reward claim paid something, else 0",
                                      registry=r)
 
-    def inference_request(self, role: str, model: str, outcome: str, seconds: float) -> None:
-        # Refusal messages can carry addresses; keep the label set bounded to the message's first words.
-        self.inference_requests.labels(role=role, model=model, outcome=outcome[:60]).inc()
-        if outcome == "ok":
-            self.inference_seconds.labels(role=role).observe(seconds)
+    def inference_request(self, record: InferenceRecord) -> None:
+        self.inference_requests.labels(role=record.role, model=record.model, outcome=record.outcome[:60]).inc()
+        if record.outcome == "ok":
+            self.inference_seconds.labels(role=record.role).observe(record.seconds)
+            self.inference_tokens.labels(role=record.role, model=record.model).inc(record.tokens)
+        if record.first_byte is not None:
+            self.inference_first_byte_seconds.labels(role=record.role).observe(record.first_byte)
+
+    def inference_retried(self) -> None:
+        self.inference_retries.inc()
 
     def batches_accepted_count(self, kind: str = "generated") -> int:
         return int(self.batches_accepted.labels(kind=kind)._value.get())

@@ -140,6 +140,10 @@ async def test_validations_wait_for_a_free_node_and_the_claim_waits_for_them(ses
     assert v.validator.no_node_waits > 0
     # Still held through the PoC (only POC_SLOT nodes serve then) and past claim money: nothing was sent,
     # nothing dropped, and the claim of epoch 1 waits instead of going out to be paid nothing.
+    # The chain stops right after claim money + 3: with 50 ms blocks the claim's deadline (next PoC start
+    # minus a few blocks) is about a second away, less than a busy machine may take to get through the
+    # checks below.
+    s.devnet.pause_at(EPOCH1_CLAIM + 3)
     await s.devnet.wait_for_height(EPOCH1_CLAIM + 3, timeout=60)
     await wait_for(lambda: v.gate.waiting is not None, timeout=30, what="the claim waiting")
     assert own_claim(s, 1) == []
@@ -151,6 +155,10 @@ async def test_validations_wait_for_a_free_node_and_the_claim_waits_for_them(ses
     assert broker is not None
     for node in held:
         broker.release_node(node.id)
+    # A freed node is used without waiting for a block: the validations are re-run and queued as txs.
+    await wait_for(lambda: v.counts["sent"] + v.counts["landed"] == v.counts["selected"], timeout=30,
+                   what="the validations sent once a node is free")
+    s.devnet.resume_blocks()
     await landed_everything(s)
     await wait_for(lambda: own_claim(s, 1), timeout=30, what="the claim of epoch 1")
     assert own_claim(s, 1)[0] > 0

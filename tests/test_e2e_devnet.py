@@ -93,4 +93,5 @@ async def test_live_view_shows_the_nodes_and_their_marks() -> None:
     assert "node1" in text and "node2" in text and "POC_SLOT" in text
     assert "txs landed 3" in text and "/v1/models" in text and "effective epoch" in text
     assert "inference load 20/s" in text and "PoCGenerate" in text and "Inference" in text
+    assert "daemon as TA: ok" in text and "as executor: ok" in text
     assert dashboard in text

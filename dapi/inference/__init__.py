@@ -1,6 +1,7 @@
-"""The inference path (DESIGN.md §8): what the API node and the chain agree on about one inference request.
+"""The inference path (DESIGN.md §8): Transfer Agent, Executor, validation, and the wire-level pieces they share.
 
-Pure, wire-level pieces live here so that the daemon and the devnet chain share one implementation:
-`signatures` (the signed bytes of the developer, transfer agent and executor signatures, both client
-schemes) and `sampling` (which inferences a validator must validate).
+The wire-level modules (`signatures`, `sampling`, `request_body`, `comparison`, `checks`, `responses`,
+`stats`, `executor`) import nothing of the daemon's components, so the devnet's simulated peers run the
+same code; `transfer_agent`, `directory`, `chain_facts`, `service` and the validation modules are the
+daemon's.
 """

@@ -132,6 +132,14 @@ class ExecutorDirectory:
     async def effective(self) -> EpochParticipants:
         return await self.epoch(effective_epoch_index(self._snapshot()))
 
+    async def knows(self, model: str) -> bool | None:
+        """Whether any participant of the effective epoch serves `model` at all (None: cannot tell now)."""
+        try:
+            participants = await self.effective()
+        except (ChainError, NoExecutor):
+            return None
+        return any(model in p.models for p in participants.stored.value.participants)
+
     async def candidates(self, model: str) -> list[Candidate]:
         snapshot = self._snapshot()
         try:

@@ -7,8 +7,10 @@
 3. Proxy the answer with `"id"` replaced by the inference id: a JSON answer as one body, a stream line
    by line as each line arrives. The lease is held until the answer has been fully proxied, so
    `max_concurrent` bounds streams too (the reference released it at the response headers).
-4. Then MsgFinishInference (§5.5) with the executor signature goes to the message sink (the durable
-   outbox in the daemon); none for an empty answer, as the reference.
+4. MsgFinishInference (§5.5) with the executor signature goes to the message sink (the durable outbox
+   in the daemon) before the client has the whole answer: a JSON answer is sent once it is queued, a
+   stream's `data: [DONE]` is held back until then. So an answered inference is always paid, even if
+   the process dies right after. None for an empty answer, as the reference.
 
 Refusals: 401 signatures, 400 timestamp/replay/body, 503 `no nodes available for inference` (so a TA
 tries elsewhere), 502 when the ML node fails or answers an error; every call to the node has timeouts.
@@ -31,7 +33,7 @@ from dapi.chain.keys import SigningKey
 from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.checks import Rejected, ReplayGuard, RequestHeaders, Role, check_timestamp, replay_window_blocks
 from dapi.inference.request_body import RequestBodyError, go_marshal, modify_request_body
-from dapi.inference.responses import FinishValues, StreamRewriter, rewrite_json
+from dapi.inference.responses import DONE_LINE, FinishValues, StreamRewriter, rewrite_json
 from dapi.inference.signatures import sign, ta_signed_bytes, verify_dev_signature, verify_ta_signature
 from dapi.inference.stats import InferenceStats
 from dapi.logs import get_logger
@@ -144,7 +146,8 @@ class InferenceExecutor:
             return Reply.error(rejected)
         lease = self.nodes.lease(call.model)
         if lease is None:
-            self.stats.record(Role.EXECUTOR, call.model, NO_NODES, time.monotonic() - started)
+            self.stats.record(Role.EXECUTOR, call.model, NO_NODES, time.monotonic() - started,
+                              inference_id=call.inference_id, executor=self.address)
             return Reply.error(Rejected(503, NO_NODES, retry_after=1))
         try:
             return await self._run(call, lease, started)
@@ -189,7 +192,7 @@ class InferenceExecutor:
             answer = await self.http.send(upstream, stream=True)
         except httpx.HTTPError as exc:
             lease.release(False)
-            self.stats.record(Role.EXECUTOR, call.model, "ml node unreachable", time.monotonic() - started)
+            self._failed(call, "ml node unreachable", started)
             return Reply.error(Rejected(502, f"Inference node request failed: {type(exc).__name__} {exc}"))
         if not answer.is_success:
             try:
@@ -199,7 +202,7 @@ class InferenceExecutor:
             finally:
                 await answer.aclose()
             lease.release(False)
-            self.stats.record(Role.EXECUTOR, call.model, f"ml node {answer.status_code}", time.monotonic() - started)
+            self._failed(call, f"ml node {answer.status_code}", started)
             return Reply.error(Rejected(
                 502, f"Inference node response with an error. code = {answer.status_code}. error = {text}."))
         headers = {k: v for k, v in answer.headers.items() if k.lower() in _PASSED_HEADERS}
@@ -209,7 +212,7 @@ class InferenceExecutor:
             body = await answer.aread()
         except httpx.HTTPError as exc:
             lease.release(False)
-            self.stats.record(Role.EXECUTOR, call.model, "ml node failed", time.monotonic() - started)
+            self._failed(call, "ml node failed", started)
             return Reply.error(Rejected(502, f"Inference node answer broke off: {type(exc).__name__}"))
         finally:
             await answer.aclose()
@@ -217,31 +220,41 @@ class InferenceExecutor:
         try:
             payload, values = rewrite_json(body, call.inference_id)
         except RequestBodyError as exc:
-            self.stats.record(Role.EXECUTOR, call.model, "ml node answer unreadable", time.monotonic() - started)
+            self._failed(call, "ml node answer unreadable", started)
             return Reply.error(Rejected(502, str(exc)))
 
-        async def finish() -> None:
-            await self._finish(call, values, started)
-
-        return Reply(answer.status_code, headers, body=payload, after=finish)
+        # Finish is durable before the client has the answer: an answered inference is never unpaid.
+        await self._finish(call, values, started, first_byte=time.monotonic() - started)
+        return Reply(answer.status_code, headers, body=payload)
 
     async def _stream(self, call: _Call, lease: NodeLease, answer: httpx.Response,
                       started: float) -> AsyncIterator[bytes]:
         rewriter = StreamRewriter(call.inference_id)
+        held: list[bytes] = []  # `data: [DONE]` and what follows: sent once Finish is durable
+        first_byte: float | None = None
         ok = False
         try:
             async for line in answer.aiter_lines():
-                yield (rewriter.line(line) + "\n").encode("utf-8")
+                out = (rewriter.line(line) + "\n").encode("utf-8")
+                if held or line == DONE_LINE:
+                    held.append(out)
+                else:
+                    if first_byte is None:
+                        first_byte = time.monotonic() - started
+                    yield out
             ok = True
             prompt_tokens = None if rewriter.prompt_tokens else await self._tokenize(call, lease)
         except httpx.HTTPError as exc:
             log.warning("ML node stream broke off", inference_id=call.inference_id, error=str(exc))
-            self.stats.record(Role.EXECUTOR, call.model, "ml node failed", time.monotonic() - started)
+            self._failed(call, "ml node failed", started)
             return
         finally:
             await answer.aclose()
             lease.release(ok)
-        await self._finish(call, rewriter.finish_values(prompt_tokens), started)
+        # The client sees the end of the stream only once Finish is durable (answered => lands).
+        await self._finish(call, rewriter.finish_values(prompt_tokens), started, first_byte)
+        for out in held:
+            yield out
 
     async def _tokenize(self, call: _Call, lease: NodeLease) -> int | None:
         """The prompt's token count from the node's `/tokenize`, when the stream reported none (§5.5)."""
@@ -257,11 +270,12 @@ class InferenceExecutor:
             return None
         return count if isinstance(count, int) and count > 0 else None
 
-    async def _finish(self, call: _Call, values: FinishValues, started: float) -> None:
+    async def _finish(self, call: _Call, values: FinishValues, started: float,
+                      first_byte: float | None = None) -> None:
         elapsed = time.monotonic() - started
         if values.problem:
             log.warning("no MsgFinishInference", inference_id=call.inference_id, reason=values.problem)
-            self.stats.record(Role.EXECUTOR, call.model, values.problem, elapsed)
+            self._failed(call, values.problem, started)
             return
         h = call.headers
         signed = ta_signed_bytes(call.raw, h.timestamp, h.transfer_address, self.address)
@@ -278,6 +292,12 @@ class InferenceExecutor:
             await self.sink.submit(message)
         except Exception as exc:  # the sink logs its own failures; the answer has been sent already
             log.error("MsgFinishInference not taken", inference_id=call.inference_id, error=str(exc))
-            self.stats.record(Role.EXECUTOR, call.model, "finish not queued", elapsed)
+            self._failed(call, "finish not queued", started)
             return
-        self.stats.record(Role.EXECUTOR, call.model, "ok", elapsed)
+        self.stats.record(Role.EXECUTOR, call.model, "ok", elapsed, inference_id=call.inference_id,
+                          executor=self.address, first_byte=first_byte,
+                          tokens=values.prompt_tokens + values.completion_tokens)
+
+    def _failed(self, call: _Call, outcome: str, started: float) -> None:
+        self.stats.record(Role.EXECUTOR, call.model, outcome, time.monotonic() - started,
+                          inference_id=call.inference_id, executor=self.address)

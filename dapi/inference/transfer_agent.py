@@ -107,6 +107,8 @@ class _Accepted:
     raw: bytes
     escrow: int
     ticket: int
+    seed: int
+    payload: str  # the canonical modified body: MsgStartInference's prompt_payload
 
 
 class TransferAgent:
@@ -167,6 +169,11 @@ class TransferAgent:
 
     async def _accept(self, headers: Mapping[str, str], raw: bytes) -> _Accepted:
         request = parse_chat_request(raw)
+        seed = self.rng.randrange(INT32_MAX + 1)
+        try:  # what the executor will do to the body, done here first: a body it would refuse is a 400 now
+            payload = canonical_payload(modify_request_body(raw, seed))
+        except RequestBodyError as exc:
+            raise Rejected(400, f"Bad Request: {exc}") from None
         h = RequestHeaders.parse(headers, self.address)
         try:
             requester = await self.chain.requester(h.requester)
@@ -189,9 +196,11 @@ class TransferAgent:
             raise Rejected(503, f"chain unavailable: {exc}", retry_after=RETRY_AFTER_SECONDS) from None
         check_timestamp(h.timestamp, block_time, expiration, advance)
         self.replay.record(h.authorization, Role.TRANSFER_AGENT, self.chain.height, replay_window_blocks(expiration))
+        if await self.directory.knows(request.model) is False:
+            raise Rejected(400, f"unknown model {request.model!r}: no participant serves it in the current epoch")
         ticket = await self._bandwidth(request)
         self.chain.reserve(h.requester, escrow)
-        return _Accepted(h, request, raw, escrow, ticket)
+        return _Accepted(h, request, raw, escrow, ticket, seed, payload)
 
     async def _bandwidth(self, request: ChatRequest) -> int:
         try:
@@ -217,14 +226,7 @@ class TransferAgent:
         return set(self._avoid)
 
     async def _forward(self, accepted: _Accepted, started: float) -> Reply:
-        seed = self.rng.randrange(INT32_MAX + 1)
-        try:
-            payload = canonical_payload(modify_request_body(accepted.raw, seed))
-        except RequestBodyError as exc:  # refused here: `serve` has passed its Rejected handler
-            self._give_back(accepted)
-            rejected = Rejected(400, f"Bad Request: {exc}")
-            self.stats.record(Role.TRANSFER_AGENT, accepted.request.model, rejected.reason, self._clock() - started)
-            return Reply.error(rejected)
+        seed, payload = accepted.seed, accepted.payload
         tried: list[str] = []
         reasons: list[str] = []
         for _ in range(self.attempts):
@@ -237,14 +239,16 @@ class TransferAgent:
             reply, failure = await self._try(executor, accepted, seed)
             if reply is not None:
                 await self._start(executor, accepted, seed, payload)
-                return self._finishing(reply, accepted, started)
+                return self._finishing(reply, accepted, started, executor.address)
+            self.stats.note_retry()
             reasons.append(f"{executor.address}: {failure}")
             self._avoid[executor.address] = self._clock() + self.avoid_seconds
             log.warning("executor failed before answering; trying another", executor=executor.address,
                         inference_id=accepted.headers.authorization[:16], reason=failure)
         self._give_back(accepted)
         message = "no executor could serve the request: " + "; ".join(reasons)
-        self.stats.record(Role.TRANSFER_AGENT, accepted.request.model, "no executor", self._clock() - started)
+        self.stats.record(Role.TRANSFER_AGENT, accepted.request.model, "no executor", self._clock() - started,
+                          inference_id=accepted.headers.authorization)
         return Reply.error(Rejected(503, message, retry_after=RETRY_AFTER_SECONDS))
 
     def _give_back(self, accepted: _Accepted) -> None:
@@ -303,15 +307,17 @@ class TransferAgent:
         except Exception as exc:  # the answer is already on its way; the executor's Finish still lands
             log.error("MsgStartInference not taken", inference_id=h.authorization[:16], error=str(exc))
 
-    def _finishing(self, reply: Reply, accepted: _Accepted, started: float) -> Reply:
+    def _finishing(self, reply: Reply, accepted: _Accepted, started: float, executor: str) -> Reply:
         """The reply with the TA's bookkeeping attached to its end."""
         model = accepted.request.model
         ok = 200 <= reply.status < 300
+        first_byte = self._clock() - started  # the executor's answer has started
 
         async def done(completed: bool) -> None:
             self._end(accepted)
             outcome = "ok" if ok and completed else (f"executor {reply.status}" if not ok else "answer broke off")
-            self.stats.record(Role.TRANSFER_AGENT, model, outcome, self._clock() - started)
+            self.stats.record(Role.TRANSFER_AGENT, model, outcome, self._clock() - started,
+                              inference_id=accepted.headers.authorization, executor=executor, first_byte=first_byte)
 
         if reply.stream is None:
             inner_after = reply.after

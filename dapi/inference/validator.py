@@ -92,12 +92,13 @@ class InferenceValidator:
         retry_max: the cap on that delay.
         poll_interval: seconds between looks at the queue and the outbox when nothing wakes the loops.
         latest_epoch: the chain's latest epoch index (to abandon validations of epochs long over); None: never.
+        node_wait_retry: the cap on the retry delay of a validation waiting for a free node.
     """
 
     def __init__(self, *, queue: ValidationQueue, query: ChainQuery, nodes: NodeLocker, outbox: ValidationSink,
                  account: str, http: httpx.AsyncClient | None = None, concurrency: int = 4,
                  retry_initial: float = 0.5, retry_max: float = 10.0, poll_interval: float = 0.5,
-                 latest_epoch: Callable[[], int | None] | None = None) -> None:
+                 latest_epoch: Callable[[], int | None] | None = None, node_wait_retry: float = 1.0) -> None:
         self._queue = queue
         self._query = query
         self._nodes = nodes
@@ -108,6 +109,7 @@ class InferenceValidator:
         self._concurrency = concurrency
         self._retry_initial = retry_initial
         self._retry_max = retry_max
+        self._node_wait_retry = node_wait_retry
         self.poll_interval = poll_interval
         self._latest_epoch = latest_epoch
         self._tasks = TaskOwner("inference-validator")
@@ -147,8 +149,8 @@ class InferenceValidator:
         self._running.discard(key)
         self.wake.set()
 
-    async def _later(self, item: WorkItem, error: str) -> None:
-        delay = capped_delay(item.attempts + 1, self._retry_initial, self._retry_max)
+    async def _later(self, item: WorkItem, error: str, *, cap: float | None = None) -> None:
+        delay = capped_delay(item.attempts + 1, self._retry_initial, self._retry_max if cap is None else cap)
         await self._queue.run(self._queue.s.retry_later, item.inference_id, item.revalidation,
                               time.time() + delay, error)
 
@@ -168,26 +170,31 @@ class InferenceValidator:
             await self._queue.run(self._queue.s.set_state, item.inference_id, False, "abandoned",
                                   f"epoch {item.epoch} is long over")
             return
+        # The node first: taking a slot is an in-memory check, so a validation waiting for a node
+        # retries often (a free node is used within a block) without asking the chain each time.
+        try:
+            node = self._nodes.lock_node(item.model)
+        except NoNodeAvailable as exc:
+            self.no_node_waits += 1
+            self.last_wait_reason = str(exc)
+            log.info("validation waits for a free node", inference_id=item.inference_id, model=item.model,
+                     attempts=item.attempts + 1)
+            await self._later(item, str(exc), cap=self._node_wait_retry)
+            return
         try:
             inference = await self._query.inference(item.inference_id)
         except ChainNotFound:
+            self._nodes.release_node(node.id, True)
             log.info("inference gone from the chain; nothing to validate", inference_id=item.inference_id)
             await self._queue.run(self._queue.s.set_state, item.inference_id, item.revalidation, "gone", "not found")
             return
         except ChainError as exc:
+            self._nodes.release_node(node.id, True)
             await self._later(item, f"Inference query: {exc}")
             return
         if inference.status == inference_pb2.STARTED:
+            self._nodes.release_node(node.id, True)
             await self._later(item, "inference not finished")
-            return
-        try:
-            node = self._nodes.lock_node(inference.model, inference.node_version)
-        except NoNodeAvailable as exc:
-            self.no_node_waits += 1
-            self.last_wait_reason = str(exc)
-            log.info("validation waits for a free node", inference_id=item.inference_id, model=inference.model,
-                     attempts=item.attempts + 1)
-            await self._later(item, str(exc))
             return
         ok = False
         try:

@@ -89,6 +89,10 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
                       f"txs landed {outbox_counts.get('landed', 0)}   "
                       f"pending {outbox_counts.get('pending', 0) + outbox_counts.get('sent', 0)}   "
                       f"dead-lettered {outbox_counts.get('dead', 0)}"))
+    roles = daemon.inference_stats.summary()
+    parts.append(Text("   ".join(
+        f"{label}: ok {r['ok']}  failed {sum(r['failed'].values())}  p50 {r['p50_ms'] or '-'} ms"
+        for label, r in (("daemon as TA", roles["ta"]), ("as executor", roles["executor"])))))
     if session.load is not None:
         parts.append(_inference_panel(session.load.live()))
     urls = Table.grid(padding=(0, 2))

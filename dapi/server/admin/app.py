@@ -30,7 +30,9 @@ from dapi.chain.outbox_store import DeadLetter, OutboxRow
 from dapi.config import NODE_ID_MAX_LENGTH, NODE_ID_PATTERN, NodeConfig, StrictNodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
+from dapi.runtime.tasks import TaskOwner
 from dapi.server.admin.dashboard import DashboardSource, admin_auth, install_dashboard
+from dapi.server.admin.feed import DaemonParts, DashboardFeed
 from dapi.server.common import HeadAsGet, error_responses, install_error_handlers, json_bytes
 
 log = get_logger(__name__)
@@ -117,7 +119,11 @@ class DeadLettersJson(BaseModel):
 
 
 def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspector | None = None,
-                     token: str = "", dashboard: DashboardSource | None = None) -> FastAPI:
+                     token: str = "", dashboard: DashboardSource | None = None, daemon: DaemonParts | None = None,
+                     tasks: TaskOwner | None = None) -> FastAPI:
+    """The admin app and its dashboard: ``dashboard``, or a feed over ``daemon`` sampled as a task of ``tasks``."""
+    if dashboard is None and daemon is not None and tasks is not None:
+        dashboard = DashboardFeed.started(daemon, tasks)
     app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(admin_auth(token))])
     install_error_handlers(app, domain={**_STATUS_OF, OutboxClosed: 503})
     auth = (401,) if token else ()
