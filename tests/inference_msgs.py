@@ -31,10 +31,12 @@ _counter = count(1)
 
 
 def make_request(client: ClientSpec | SigningKey, ta: ParticipantSpec, executor: ParticipantSpec, *,
-                 model: str = QWQ, scheme: ClientScheme = ClientScheme.RAW) -> Request:
+                 model: str = QWQ, scheme: ClientScheme = ClientScheme.RAW, nonce: int | None = None) -> Request:
+    """`nonce` fixes the body and timestamp (so the inference id); None takes the next of a process-wide count."""
     key = client.key if isinstance(client, ClientSpec) else client
-    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi {next(_counter)}"}}]}}'
-    ts = 1_700_000_000_000_000_000 + next(_counter)
+    first, second = (nonce, nonce + 1) if nonce is not None else (next(_counter), next(_counter))
+    body = f'{{"model":"{model}","messages":[{{"role":"user","content":"hi {first}"}}]}}'
+    ts = 1_700_000_000_000_000_000 + second
     raw = body.encode()
     signed = ta_signed_bytes(raw, ts, ta.address, executor.address)
     return Request(

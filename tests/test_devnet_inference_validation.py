@@ -10,6 +10,7 @@ member must validate every inference (p = 1).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import count
 
 import pytest
 from inference_msgs import QWEN, QWQ, Request, finish_msg, make_request, start_msg
@@ -38,6 +39,7 @@ class Chain:
         self.client = self.genesis.clients[0]
         self.ta = self.genesis.own
         self.executor, self.validator = self.genesis.peers
+        self._nonces = count(1, 2)
 
     def advance_to(self, height: int) -> None:
         while self.ledger.height < height:
@@ -63,7 +65,8 @@ class Chain:
     def complete(self, model: str = QWQ, executor: ParticipantSpec | None = None) -> Request:
         """Start and Finish in one block (delivered in that order)."""
         executor = executor or self.executor
-        req = make_request(self.client, self.ta, executor, model=model)
+        # Ids fixed per chain, whatever ran before: which inferences the sampling picks depends on them.
+        req = make_request(self.client, self.ta, executor, model=model, nonce=next(self._nonces))
         hashes = [self.submit(self.ta, start_msg(req, model=model)), self.submit(executor, finish_msg(req, model=model))]
         self.advance_to(self.ledger.height + 1)
         assert [self.ledger.tx(h).code for h in hashes] == [0, 0]  # type: ignore[union-attr]

@@ -70,8 +70,13 @@ def test_devnet_runs_three_healthy_epochs_with_the_real_daemon() -> None:
     # The load: every epoch reports each phase; PoC phases were served by POC_SLOT nodes (weight policy).
     for event in epochs:
         assert list(event["inference"]) == PHASES
+        assert event["invalidated"] == {}  # every peer is honest
+        assert set(event["validations"]) == {"required", "sent", "landed", "failed"}
         for tally in event["inference"].values():
             assert tally["sent"] == tally["ok"] + tally["failed"]
+    assert summary["invalidated"] == {}
+    # The claims pay: the last answered claim (epoch 1 or 2 by the end of epoch 3) paid something.
+    assert epochs[-1]["claim"]["code"] == 0 and epochs[-1]["claim"]["amount"] > 0, epochs[-1]["claim"]
     totals = summary["inference"]
     assert list(totals) == PHASES
     assert totals["Inference"]["ok"] > 0 and totals["Inference"]["p50_ms"] is not None

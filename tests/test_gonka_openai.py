@@ -113,7 +113,15 @@ async def run_old_client(args: list[str]) -> dict[str, Any]:
     return result
 
 
-async def check_served(s: DevnetSession, result: dict[str, Any], scheme: ClientScheme) -> None:
+def serve_only_by(s: DevnetSession, executor: str) -> None:
+    """Make the daemon as TA draw `executor` (every other participant avoided for a minute)."""
+    ta = s.daemon.inference.ta if s.daemon.inference else None
+    assert ta is not None
+    for participant in s.devnet.genesis.participants:
+        ta.avoid(participant.address, 0.0 if participant.address == executor else 60.0)
+
+
+async def check_served(s: DevnetSession, result: dict[str, Any], scheme: ClientScheme, executor: str) -> None:
     """Both answers carry their inference id, both inferences landed, signed with the client's `scheme`."""
     answer, chunks = result["json"], result["stream"]
     assert answer["choices"][0]["message"]["content"]
@@ -129,19 +137,24 @@ async def check_served(s: DevnetSession, result: dict[str, Any], scheme: ClientS
 
         await s.devnet.wait_until(done, timeout=30, what=f"inference {inference_id[:12]} on chain")
         record = inferences[inference_id]
-        assert record.assigned_to == record.executed_by
+        assert record.assigned_to == record.executed_by == executor
         assert (record.requested_by, record.transferred_by) == (client.address, s.devnet.own.address)
         assert verify_dev_signature(client.public_key, record.original_prompt.encode(), record.request_timestamp,
                                     record.transferred_by, inference_id) is scheme
 
 
-async def test_gonka_openai_0_2_6_signs_the_body_hash_and_is_served(session: DevnetSession) -> None:
+async def test_gonka_openai_0_2_6_signs_the_body_hash_and_is_served_by_the_daemon_itself(
+        session: DevnetSession) -> None:
+    own = session.devnet.own.address
+    serve_only_by(session, own)
     result = await asyncio.to_thread(run_in_process, client_args(session))
     assert result["version"] == "0.2.6"
-    await check_served(session, result, ClientScheme.SHA256_HEX)
+    await check_served(session, result, ClientScheme.SHA256_HEX, own)
 
 
-async def test_gonka_openai_0_2_3_signs_the_raw_body_and_is_served(session: DevnetSession) -> None:
+async def test_gonka_openai_0_2_3_signs_the_raw_body_and_is_served_by_a_peer(session: DevnetSession) -> None:
+    peer = session.devnet.genesis.peers[0].address
+    serve_only_by(session, peer)
     result = await run_old_client(client_args(session))
     assert result["version"] == OLD_VERSION
-    await check_served(session, result, ClientScheme.RAW)
+    await check_served(session, result, ClientScheme.RAW, peer)

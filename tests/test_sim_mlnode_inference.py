@@ -327,6 +327,9 @@ async def test_enforced_rerun_exposes_a_wrong_answer(sim: SimMLNodeServer, http:
     assert [e["token"] for e in o] == [e["token"] for e in v]  # same text, same tokens: the logprobs decide
     assert o != v
     assert compare_logits(o, v) < MAINNET_VALIDATION_THRESHOLD
+    # The wrong node's own re-runs stay honest: as a validator it passes an honest answer.
+    own_rerun = await complete(http, executor, validation_body(payload, honest["choices"][0]["message"]["content"]))
+    assert compare_logits(logprob_list(honest), logprob_list(own_rerun)) == 1.0
 
 
 async def test_enforced_text_longer_than_max_tokens_is_cut(sim: SimMLNodeServer, http: httpx.AsyncClient) -> None:

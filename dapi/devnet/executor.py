@@ -105,6 +105,12 @@ class PeerExecutors:
             self.ledger.set_inference_url(peer.spec.address, peer.server.url)
         self._sync_nodes(self.ledger.height)
 
+    async def stop_peer(self, peer: str) -> None:
+        """Take one peer's executor server down (its URL then refuses connections), as a crashed peer."""
+        server = self._peers[peer].server
+        if server is not None:
+            await server.stop()
+
     async def stop(self) -> None:
         for peer in self._peers.values():
             if peer.server is not None:

@@ -219,6 +219,10 @@ class TransferAgent:
 
     # -- forwarding --
 
+    def avoid(self, address: str, seconds: float | None = None) -> None:
+        """Draw no executor `address` for `seconds` (by default the back-off after a failure); 0 lifts it."""
+        self._avoid[address] = self._clock() + (self.avoid_seconds if seconds is None else seconds)
+
     def _avoided(self) -> set[str]:
         now = self._clock()
         for address in [a for a, until in self._avoid.items() if until <= now]:
@@ -242,7 +246,7 @@ class TransferAgent:
                 return self._finishing(reply, accepted, started, executor.address)
             self.stats.note_retry()
             reasons.append(f"{executor.address}: {failure}")
-            self._avoid[executor.address] = self._clock() + self.avoid_seconds
+            self.avoid(executor.address)
             log.warning("executor failed before answering; trying another", executor=executor.address,
                         inference_id=accepted.headers.authorization[:16], reason=failure)
         self._give_back(accepted)

@@ -210,6 +210,7 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
             summary = {"event": "summary", **verdict, "height": session.devnet.ledger.height}
             if load is not None:
                 summary["inference"] = load.totals()
+            summary["invalidated"] = watch.invalidated()
             verdict_text = "healthy" if verdict["healthy"] else "NOT healthy: " + "; ".join(verdict["problems"])
             out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
             return 0 if verdict["healthy"] else 1

@@ -19,6 +19,7 @@ import httpx
 
 from dapi.chain.epochs import EpochContext
 from dapi.chain.gojson import go_json
+from dapi.devnet.ledger.inferences import InferenceStatus
 from dapi.devnet.wire.convert import model_to_proto
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class HealthWatch:
                                "poc_slot_policy": str(devnet.genesis.poc_slot_policy),
                                "poc": [c.as_json() for c in self.poc if c.epoch == epoch],
                                "models_ok": self.models[-1].equal if self.models else None,
-                               **self._validation_report(epoch - 1)})
+                               **self._validation_report(epoch - 1),
+                               "invalidated": self.invalidated(epoch - 1)})
 
     def _validation_report(self, epoch: int) -> dict[str, Any]:
         """The own participant's validations of ``epoch`` (the one that just ended) and its latest answered claim."""
@@ -111,6 +113,18 @@ class HealthWatch:
             "validations": service.epoch_report(epoch),
             "claim": None if claim is None else {k: claim[k] for k in ("epoch", "code", "amount", "result")},
         }
+
+    def invalidated(self, epoch: int | None = None) -> dict[str, int]:
+        """Inferences INVALIDATED so far, per executor participant's name: of ``epoch`` (the epoch effective
+        when they completed), or of every epoch with None."""
+        devnet = self.session.devnet
+        names = {p.address: p.name for p in devnet.genesis.participants}
+        counts: dict[str, int] = {}
+        for record in devnet.ledger.state.inferences.values():
+            if record.status is InferenceStatus.INVALIDATED and (epoch is None or record.epoch_id == epoch):
+                name = names.get(record.executed_by, record.executed_by)
+                counts[name] = counts.get(name, 0) + 1
+        return dict(sorted(counts.items()))
 
     async def _wait_daemon_at(self, height: int) -> None:
         view = self.session.daemon.view

@@ -202,7 +202,10 @@ def parse_chat(raw: bytes, served: str, *, honest: bool) -> ChatJob | JSONRespon
         temperature=req.temperature if req.temperature is not None else 1.0,
         ignore_eos=req.ignore_eos,
         enforced_str=req.enforced_str,
-        honest=honest,
+        # A validation re-run (`enforced_str`) stays honest on a node serving wrong output: the devnet
+        # settles a failed validation at once instead of putting it to the chain's vote, so a wrong
+        # validator would invalidate honest executors the vote would have cleared.
+        honest=honest or req.enforced_str is not None,
         stream=bool(req.stream),
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
         top_logprobs=(top or 0) if req.logprobs else None,

@@ -100,7 +100,8 @@ class SimNode:
             (200 `{"status": "ERROR", "message": ...}`) with this message, and the field clears.
         capacity: its request slots and token rate (`SimMLNodeServer.add_node` builds it).
         wrong_output: serve answers of a wrong model (self-consistent, but an honest re-run with
-            `enforced_str` does not reproduce their logprobs), for validation to catch.
+            `enforced_str` does not reproduce their logprobs), for validation to catch; the node's own
+            validation re-runs stay honest.
     """
 
     name: str
