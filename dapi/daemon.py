@@ -255,7 +255,8 @@ class Daemon:
                                participant_pubkey_hex=self.identity.pubkey_hex,
                                legacy_callbacks=api.ml_legacy_callbacks, metrics=self.metrics,
                                body_limit=api.ml_body_limit, max_tx_bytes=self.config.chain_node.max_tx_bytes)
-        admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token)
+        admin = create_admin_app(broker=broker, store=self.store, outbox=self.outbox, token=api.admin_token,
+                                 daemon=self, tasks=self._tasks)
         limits = ConnectionLimits(request_read_timeout=api.request_read_timeout, max_connections=api.max_connections)
         for name, app, host in (("public", public, api.bind_host), ("ml", ml, api.bind_host),
                                 ("admin", admin, api.admin_bind_host)):

@@ -96,7 +96,9 @@ async def test_live_view_shows_the_nodes_and_their_marks() -> None:
         console = Console(record=True, width=140)
         console.print(render(session, {"landed": 3, "pending": 1, "sent": 0, "dead": 0}))
         text = console.export_text()
+        dashboard = f"{session.admin_url}/admin/ui"
     assert "node1" in text and "node2" in text and "POC_SLOT" in text
     assert "txs landed 3" in text and "/v1/models" in text and "effective epoch" in text
     assert "inference load 20/s" in text and "PoCGenerate" in text and "Inference" in text
     assert "daemon as TA: ok" in text and "as executor: ok" in text
+    assert dashboard in text

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dapi.broker.chain_reader import ChainReader, TxSink
-from dapi.broker.decisions import log_decision
+from dapi.broker.decisions import log_decision, node_diagnostics
 from dapi.broker.epoch_data import EpochCache, EpochDataSync, EpochSnapshot
 from dapi.broker.errors import (
     BrokerError,
@@ -44,7 +44,16 @@ from dapi.broker.rules import (
     poc_phase_target,
     unavailability_reason,
 )
-from dapi.broker.state import AdminState, EpochState, Node, NodeResponse, NodeState, NodeStatus, PocStatus
+from dapi.broker.state import (
+    AdminState,
+    EpochState,
+    Node,
+    NodeDiagnostics,
+    NodeResponse,
+    NodeState,
+    NodeStatus,
+    PocStatus,
+)
 from dapi.broker.worker import NodeWorker
 from dapi.chain.epochs import Phase
 from dapi.chain.errors import ChainError
@@ -168,6 +177,8 @@ class Broker:
         self._jobs_failed = 0
         self._jobs_cancelled = 0
         self._started = False
+        self._clock = clock
+        self.last_command: str | None = None  # the last phase command that applied, for the decisions shown
 
     # --- lifecycle -------------------------------------------------------------------------------
 
@@ -426,6 +437,7 @@ class Broker:
             return CommandResult(name, False, reason="epoch state unknown or chain not synced")
         if state.phase not in phases:
             return CommandResult(name, False, reason=f"{name} does not apply in phase {state.phase}")
+        self.last_command = name
         changed: list[str] = []
         for entry in self._registry:
             st = entry.state
@@ -525,6 +537,12 @@ class Broker:
             reconcile_passes=self._reconciler.passes,
             hardware_diffs_sent=self._hardware.diffs_sent,
         )
+
+    def diagnostics(self) -> dict[str, NodeDiagnostics]:
+        """Per node id: its retry backoff and the last phase command's decision for it (the operator's "why")."""
+        applied = self._epoch_sync.applied
+        return node_diagnostics(self._registry, self.last_command, self._clock(),
+                                applied.epoch_index if applied else None)
 
     async def reconcile_now(self) -> PassReport:
         """Run one reconcile pass now (the loop also runs them on triggers and its timer)."""

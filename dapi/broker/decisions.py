@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from dapi.broker.reconciler import desired_choice
 from dapi.broker.registry import NodeEntry
 from dapi.broker.rules import Target
-from dapi.broker.state import NodeStatus, PocStatus
+from dapi.broker.state import NodeDiagnostics, NodeStatus, PocStatus
 from dapi.gen.inference.inference.model_pb2 import Model
 from dapi.logs import get_logger
 
-__all__ = ["decision_word", "log_decision"]
+__all__ = ["decision_word", "log_decision", "node_diagnostics"]
 
 log = get_logger("dapi.broker")
 
@@ -53,3 +53,21 @@ def log_decision(
     if st.failure_reason:  # its last command failed (cleared by the next success)
         fields["failure_reason"] = st.failure_reason
     log.info("phase command decision", **fields)
+
+
+def node_diagnostics(
+    entries: Iterable[NodeEntry], command: str | None, now: float, epoch_data_epoch: int | None
+) -> dict[str, NodeDiagnostics]:
+    """Per node id: failures, seconds to its retry, and the decision ``command`` last logged for it."""
+    out: dict[str, NodeDiagnostics] = {}
+    for entry in entries:
+        decision = entry.decisions.get(command) if command else None
+        waiting = entry.failures > 0 and entry.retry_at > now
+        out[entry.node.id] = NodeDiagnostics(
+            failures=entry.failures,
+            retry_in=round(entry.retry_at - now, 3) if waiting else None,
+            decision=decision_word(command, Target(decision[1], decision[2])) if command and decision else None,
+            reason=decision[3] if decision else None,
+            epoch_data_epoch=epoch_data_epoch,
+        )
+    return out

@@ -27,6 +27,7 @@ __all__ = [
     "AdminState",
     "EpochState",
     "Node",
+    "NodeDiagnostics",
     "NodeResponse",
     "NodeState",
     "NodeStatus",
@@ -151,6 +152,22 @@ class NodeResponse:
 
     node: Node
     state: NodeState
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDiagnostics:
+    """Why a node does what it does: its failed jobs in a row, when it is retried, the last phase decision.
+
+    ``retry_in`` is seconds until the next attempt after a failure (None: no retry waiting); ``decision``
+    and ``reason`` are the last phase command's word for the node and its why (None before any command);
+    ``epoch_data_epoch`` is the epoch whose allocations the nodes hold.
+    """
+
+    failures: int
+    retry_in: float | None
+    decision: str | None
+    reason: str | None
+    epoch_data_epoch: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -102,6 +102,7 @@ def render(session: DevnetSession, outbox_counts: dict[str, int]) -> Group:
     urls.add_row("status", f"{session.public_url}/v1/status")
     urls.add_row("chat", f"{session.public_url}/v1/chat/completions (signed; the ready line's client)")
     urls.add_row("nodes", f"{session.admin_url}/admin/v1/nodes")
+    urls.add_row("dashboard", f"{session.admin_url}/admin/ui")
     urls.add_row("chain RPC", session.devnet.rpc_url)
     parts.append(Panel(urls, title="try", expand=False))
     return Group(*parts)

@@ -1,9 +1,10 @@
 """The admin API (reference/http.md §3): ML nodes, and a view of the transaction outbox.
 
 Bound to loopback by default (``api.admin_bind_host``); with ``api.admin_token`` set every call needs
-``Authorization: Bearer <token>``. Changes the reference got wrong are answered properly: a duplicate
-id is 409 (the existing node untouched), non-governance models are 400 naming them, unknown ids 404.
-Added and removed nodes are recorded in ``data_dir`` and survive a restart.
+``Authorization: Bearer <token>`` (or the operator dashboard's session cookie, see ``dashboard.py``).
+Changes the reference got wrong are answered properly: a duplicate id is 409 (the existing node
+untouched), non-governance models are 400 naming them, unknown ids 404. The operator dashboard
+(``/admin/ui``) is served here too. Added and removed nodes are recorded in ``data_dir`` and survive a restart.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from dapi.chain.outbox_store import DeadLetter, OutboxRow
 from dapi.config import NODE_ID_MAX_LENGTH, NODE_ID_PATTERN, NodeConfig, StrictNodeConfig
 from dapi.logs import get_logger
 from dapi.node_store import NodeStore
-from dapi.server.common import HeadAsGet, bearer_auth, error_responses, install_error_handlers, json_bytes
+from dapi.runtime.tasks import TaskOwner
+from dapi.server.admin.dashboard import DashboardSource, admin_auth, install_dashboard
+from dapi.server.admin.feed import DaemonParts, DashboardFeed
+from dapi.server.common import HeadAsGet, error_responses, install_error_handlers, json_bytes
 
 log = get_logger(__name__)
 
@@ -115,8 +119,12 @@ class DeadLettersJson(BaseModel):
 
 
 def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspector | None = None,
-                     token: str = "") -> FastAPI:
-    app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(bearer_auth(token))])
+                     token: str = "", dashboard: DashboardSource | None = None, daemon: DaemonParts | None = None,
+                     tasks: TaskOwner | None = None) -> FastAPI:
+    """The admin app and its dashboard: ``dashboard``, or a feed over ``daemon`` sampled as a task of ``tasks``."""
+    if dashboard is None and daemon is not None and tasks is not None:
+        dashboard = DashboardFeed.started(daemon, tasks)
+    app = FastAPI(title="dapi admin API", version="1", dependencies=[Depends(admin_auth(token))])
     install_error_handlers(app, domain={**_STATUS_OF, OutboxClosed: 503})
     auth = (401,) if token else ()
 
@@ -189,5 +197,7 @@ def create_admin_app(*, broker: NodeAdmin, store: NodeStore, outbox: OutboxInspe
             {"id": d.id, "type_url": d.type_url, "stage": d.stage, "code": d.code, "codespace": d.codespace,
              "log": d.log, "tx_hash": d.tx_hash, "attempts": d.attempts, "failed_at": d.failed_at} for d in rows]})
 
+    if dashboard is not None:
+        install_dashboard(app, dashboard, token)
     app.add_middleware(HeadAsGet)
     return app
