@@ -101,13 +101,17 @@ async def test_with_load_over_two_epochs_every_required_validation_lands_and_the
         report = service(s).epoch_report(epoch) if epoch in service(s).by_epoch else None
         if report is not None:
             assert report["landed"] >= report["required"] > 0 and report["failed"] == 0
-    status = (await httpx.AsyncClient().get(s.public_url + "/v1/status")).json()["components"]["validation"]
+    # The daemon reads the claim's answer from its tx result once the tx has landed: wait for that read.
+    await wait_for(lambda: (service(s).last_claim or {}).get("epoch") == 2 and service(s).last_claim["code"] == 0,
+                   timeout=30, what="the daemon's reading of the claim of epoch 2")
+    async with httpx.AsyncClient() as http:
+        status = (await http.get(s.public_url + "/v1/status")).json()["components"]["validation"]
+        metrics = (await http.get(s.public_url + "/metrics")).text
     assert {k: type(status[k]) for k in ("selected", "pending", "sent", "landed", "failed", "required")} == \
         dict.fromkeys(("selected", "pending", "sent", "landed", "failed", "required"), int)
     assert status["landed"] == status["selected"] == status["sent"] and status["failed"] == 0
     assert status["claim"]["code"] == 0 and status["claim"]["amount"] > 0
     assert status["claim"]["result"] == "Rewards claimed successfully" and status["healthy"] is True
-    metrics = (await httpx.AsyncClient().get(s.public_url + "/metrics")).text
     assert f'dapi_inference_validations{{kind="landed"}} {float(status["landed"])}' in metrics
     assert "dapi_last_claim_paid 1.0" in metrics
 
