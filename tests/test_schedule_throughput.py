@@ -126,6 +126,18 @@ def test_without_demand_each_model_keeps_the_minimum_number_of_serving_nodes() -
     assert serving_ids(out) == {"gonka1bob": ["n1", "n2", "n5"]}
 
 
+def test_every_models_minimum_comes_before_an_earlier_models_demand() -> None:
+    # Both weigh 100 (serving < 50). A's demand first would take a1 and c1 (40 each, the largest) and
+    # leave neither b1 nor d1 (20) room: B would go dark. With every minimum first, one A node serves and
+    # B's minimum then finds room with the other participant, whichever the seeded draws pick.
+    alice = member("gonka1alice", {A: [("a1", 40), ("a2", 40)], B: [("b1", 20)]})
+    bob = member("gonka1bob", {A: [("c1", 40), ("c2", 40)], B: [("d1", 20)]})
+    for epoch in range(1, 21):
+        picked = serving_ids(select_poc_slots((alice, bob), {A: 10_000}, epoch_index=epoch))
+        served = {n for nodes in picked.values() for n in nodes}
+        assert served & {"a1", "a2", "c1", "c2"} and served & {"b1", "d1"}, (epoch, picked)
+
+
 def test_the_cap_is_strict_and_counts_every_model_already_visited() -> None:
     # weight 100: A's a1 (40) serves first; B's b1 (10) would bring alice to exactly 50, which is not below.
     alice = member("gonka1alice", {A: [("a1", 40)], B: [("b1", 10), ("b2", 50)]})

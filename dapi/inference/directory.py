@@ -4,7 +4,8 @@ The Transfer Agent draws the executor itself instead of asking `GetRandomExecuto
 effective epoch's `ActiveParticipants` (one store read per epoch, cached), the members for a model are
 the participants that serve it, each with its full epoch weight, and the draw is weight-proportional,
 as the chain's. From the latest epoch's PoC start up to and including its set-new-validators height,
-only participants with a POC_SLOT node for the model qualify (their other nodes are mining).
+only participants with a POC_SLOT node for the model qualify (their other nodes are mining). Where the
+chain re-chooses those flags before each PoC (the demand policy), the epoch is read again then.
 
 Executors that just failed are passed in `exclude`; the caller keeps that list short-lived.
 """
@@ -59,6 +60,7 @@ class EpochParticipants:
 
     epoch_index: int
     stored: StoredValue
+    read_at: int = 0  # the chain height the value is known to reflect
 
     def candidates(self, model: str, *, poc_filter: bool) -> list[Candidate]:
         return [Candidate(p.index, p.weight, p.inference_url) for p in self.stored.value.participants
@@ -69,6 +71,19 @@ class EpochParticipants:
             if p.index == address:
                 return p.inference_url
         return None
+
+
+def _reselected_since(cached: EpochParticipants, snapshot: ChainSnapshot) -> bool:
+    """Whether the chain re-chose the effective epoch's POC_SLOT flags after `cached` was read.
+
+    Under the demand policy the chain rewrites them `pre_poc_selection_offset` blocks before the next PoC
+    (DESIGN.md §6.1); a chain without that stage reports an offset of 0.
+    """
+    offset = snapshot.epoch_params.pre_poc_selection_offset
+    if offset <= 0 or cached.epoch_index != effective_epoch_index(snapshot):
+        return False
+    selection = snapshot.context.next_poc_start - offset
+    return cached.read_at < selection <= snapshot.height
 
 
 def effective_epoch_index(snapshot: ChainSnapshot) -> int:
@@ -106,11 +121,12 @@ class ExecutorDirectory:
 
     async def epoch(self, epoch_index: int) -> EpochParticipants:
         """The stored participants of an epoch (ChainNotFound when it has none); cached."""
+        snapshot = self._snapshot()
         cached = self._epochs.get(epoch_index)
-        if cached is not None and epoch_index in self._final:
+        if cached is not None and epoch_index in self._final and not _reselected_since(cached, snapshot):
             return cached
         # An epoch read before it became effective is read again once (its effective height is set then).
-        effective = effective_epoch_index(self._snapshot())
+        effective = effective_epoch_index(snapshot)
         loading = self._loading.get(epoch_index)
         if loading is None:
             loading = asyncio.ensure_future(self._load(epoch_index, final=epoch_index <= effective))
@@ -119,8 +135,9 @@ class ExecutorDirectory:
         return await asyncio.shield(loading)
 
     async def _load(self, epoch_index: int, *, final: bool) -> EpochParticipants:
+        seen = self._view.snapshot.height if self._view.snapshot else 0
         stored = await active_participants(self._rpc, epoch_index)
-        loaded = EpochParticipants(epoch_index, stored)
+        loaded = EpochParticipants(epoch_index, stored, max(stored.height, seen))
         self._epochs[epoch_index] = loaded
         if final:
             self._final.add(epoch_index)
@@ -146,7 +163,10 @@ class ExecutorDirectory:
             participants = await self.epoch(effective_epoch_index(snapshot))
         except ChainError as exc:
             raise NoExecutor(f"participants of the effective epoch unavailable: {exc}") from None
-        return participants.candidates(model, poc_filter=poc_filter_applies(snapshot))
+        # One block early at the PoC start: the daemon acts on the last block it processed, and the nodes
+        # without POC_SLOT start mining as soon as the PoC-start block is made.
+        poc_next = snapshot.height + 1 >= snapshot.context.next_poc_start
+        return participants.candidates(model, poc_filter=poc_filter_applies(snapshot) or poc_next)
 
     async def draw(self, model: str, exclude: Collection[str] = ()) -> Candidate:
         """One weight-proportional pick among those who may serve `model` now, skipping `exclude`."""

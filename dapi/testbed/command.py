@@ -211,6 +211,12 @@ async def run_with_daemon(args: argparse.Namespace) -> int:
             if load is not None:
                 summary["inference"] = load.totals()
             summary["invalidated"] = watch.invalidated()
+            summary["throughput"] = [
+                {"epoch": r.epoch_index, "poc_slot_policy": r.poc_slot_policy,
+                 "expected_throughput_vector": list(r.expected_throughput_vector),
+                 "real_throughput_vector": list(r.real_throughput_vector),
+                 "throughput_shortfalls": [x.as_json() for x in r.throughput_shortfalls]}
+                for r in session.devnet.reports()]
             verdict_text = "healthy" if verdict["healthy"] else "NOT healthy: " + "; ".join(verdict["problems"])
             out.event(summary, f"devnet stopped at height {summary['height']}: {verdict_text}")
             return 0 if verdict["healthy"] else 1

@@ -101,7 +101,8 @@ class HealthWatch:
                                "poc": [c.as_json() for c in self.poc if c.epoch == epoch],
                                "models_ok": self.models[-1].equal if self.models else None,
                                **self._validation_report(epoch - 1),
-                               "invalidated": self.invalidated(epoch - 1)})
+                               "invalidated": self.invalidated(epoch - 1),
+                               "demand_measured": self._demand_measured(epoch - 1)})
 
     def _validation_report(self, epoch: int) -> dict[str, Any]:
         """The own participant's validations of ``epoch`` (the one that just ended) and its latest answered claim."""
@@ -113,6 +114,19 @@ class HealthWatch:
             "validations": service.epoch_report(epoch),
             "claim": None if claim is None else {k: claim[k] for k in ("epoch", "code", "amount", "result")},
         }
+
+    def _demand_measured(self, epoch: int) -> dict[str, Any] | None:
+        """What the pre-PoC block measured over ``epoch``'s Inference phase, just before this epoch's PoC.
+
+        This epoch's own vectors (`real_throughput_vector` at the top level) are measured only before the
+        next PoC, after this line is written; the summary's `throughput` carries them.
+        """
+        report = self.session.devnet.report(epoch) if epoch >= 1 else None
+        if report is None:
+            return None
+        return {"epoch": epoch, "real_throughput_vector": list(report.real_throughput_vector),
+                "throughput_shortfalls": [s.as_json() for s in report.throughput_shortfalls],
+                "pre_poc_selection_height": report.pre_poc_selection_height}
 
     def invalidated(self, epoch: int | None = None) -> dict[str, int]:
         """Inferences INVALIDATED so far, per executor participant's name: of ``epoch`` (the epoch effective

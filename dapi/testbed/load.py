@@ -253,4 +253,4 @@ def _reason(status: int, text: str) -> str:
         message = str(json.loads(text).get("error", ""))
     except (ValueError, AttributeError):
         message = text[:60]
-    return f"{status} {message.split(':', 1)[0][:60]}".strip()
+    return f"{status} {message[:100]}".strip()
