@@ -114,11 +114,11 @@ async def run_old_client(args: list[str]) -> dict[str, Any]:
 
 
 def serve_only_by(s: DevnetSession, executor: str) -> None:
-    """Make the daemon as TA draw `executor` (every other participant avoided for a minute)."""
+    """Make the daemon as TA draw `executor` (every other participant avoided for 1,000 blocks)."""
     ta = s.daemon.inference.ta if s.daemon.inference else None
     assert ta is not None
     for participant in s.devnet.genesis.participants:
-        ta.avoid(participant.address, 0.0 if participant.address == executor else 60.0)
+        ta.avoid(participant.address, 0 if participant.address == executor else 1000)
 
 
 async def check_served(s: DevnetSession, result: dict[str, Any], scheme: ClientScheme, executor: str) -> None:

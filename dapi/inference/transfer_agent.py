@@ -9,8 +9,9 @@ bandwidth limit (429). Then:
 * the executor is drawn locally from the effective epoch (`ExecutorDirectory`), never by a chain query;
 * the original body goes to it with the TA signature and the headers of http.md §1.13, or to the
   local executor when it is this participant;
-* an executor that refuses (5xx, 429), fails or times out before its answer starts is avoided for a
-  while and another is drawn, up to `attempts` in all; then 503 with `Retry-After`;
+* an executor that refuses (5xx, 429), fails or times out before its answer starts is avoided for a few
+  blocks (unless no other can serve) and another is drawn, up to `attempts` in all; then 503 with
+  `Retry-After`;
 * MsgStartInference goes to the sink once an executor's answer has started, naming that executor, so
   Start, Finish and both signatures agree. The answer is passed through unchanged.
 """
@@ -128,7 +129,7 @@ class TransferAgent:
                  local: InferenceExecutor | None, sink: MessageSink, http: httpx.AsyncClient, public_url: str,
                  replay: ReplayGuard | None = None, stats: InferenceStats | None = None,
                  bandwidth: BandwidthLimiter | None = None, rng: random.Random | None = None, attempts: int = 3,
-                 avoid_seconds: float = 30.0, timeout: httpx.Timeout | None = None,
+                 avoid_blocks: int = 3, timeout: httpx.Timeout | None = None,
                  clock: Any = time.monotonic) -> None:
         self.address = address
         self.signer = signer
@@ -143,10 +144,10 @@ class TransferAgent:
         self.bandwidth = bandwidth or BandwidthLimiter()
         self.rng = rng or random.Random()
         self.attempts = attempts
-        self.avoid_seconds = avoid_seconds
+        self.avoid_blocks = avoid_blocks
         self.timeout = timeout or httpx.Timeout(300.0, connect=5.0)
         self._clock = clock
-        self._avoid: dict[str, float] = {}
+        self._avoid: dict[str, int] = {}  # executor -> the last height it is skipped at
 
     async def serve(self, headers: Mapping[str, str], raw: bytes) -> Reply:
         started = self._clock()
@@ -219,15 +220,30 @@ class TransferAgent:
 
     # -- forwarding --
 
-    def avoid(self, address: str, seconds: float | None = None) -> None:
-        """Draw no executor `address` for `seconds` (by default the back-off after a failure); 0 lifts it."""
-        self._avoid[address] = self._clock() + (self.avoid_seconds if seconds is None else seconds)
+    def avoid(self, address: str, blocks: int | None = None) -> None:
+        """Draw no executor `address` for the next `blocks` blocks (by default the back-off after a
+        failure; counted in blocks, so it means the same on a devnet as on a chain); 0 lifts it."""
+        blocks = self.avoid_blocks if blocks is None else blocks
+        if blocks <= 0:
+            self._avoid.pop(address, None)
+        else:
+            self._avoid[address] = self.chain.height + blocks
 
     def _avoided(self) -> set[str]:
-        now = self._clock()
-        for address in [a for a, until in self._avoid.items() if until <= now]:
+        height = self.chain.height
+        for address in [a for a, until in self._avoid.items() if until < height]:
             del self._avoid[address]
         return set(self._avoid)
+
+    async def _draw(self, model: str, tried: list[str]) -> Candidate:
+        """An executor not tried yet, preferably not one that failed lately: when every candidate did, one of
+        those is better than no answer."""
+        try:
+            return await self.directory.draw(model, set(tried) | self._avoided())
+        except NoExecutor:
+            if not self._avoid:
+                raise
+            return await self.directory.draw(model, set(tried))
 
     async def _forward(self, accepted: _Accepted, started: float) -> Reply:
         seed, payload = accepted.seed, accepted.payload
@@ -235,7 +251,7 @@ class TransferAgent:
         reasons: list[str] = []
         for _ in range(self.attempts):
             try:
-                executor = await self.directory.draw(accepted.request.model, set(tried) | self._avoided())
+                executor = await self._draw(accepted.request.model, tried)
             except NoExecutor as exc:
                 reasons.append(str(exc))
                 break
