@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -211,11 +212,18 @@ async def serve_role(role: str, *, mlnode_url: str, executor_url: str) -> int:
     view = ChainView()
     view.update(snapshot())
     sink = ListSink()
-    http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0),  # as the daemon's
-                             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+    limits = dict(max_connections=1000, max_keepalive_connections=100)  # as the daemon's client
+    http: Any = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0), limits=httpx.Limits(**limits))
+    timeout: Any = None
+    if os.environ.get("DAPI_BENCH_HTTPX2"):
+        # Diagnosis only: httpx2 (a dependency of gonka-openai, so installed with the test extras) has
+        # the connection-pool fixes that httpcore 1.0.9 lacks; its timeouts must be its own type.
+        import httpx2
+        http = httpx2.AsyncClient(timeout=httpx2.Timeout(300.0, connect=5.0), limits=httpx2.Limits(**limits))
+        timeout = httpx2.Timeout(300.0, connect=5.0)
     service = build_inference(address=key.address, signer=key, query=ChainQuery(AbciTransport(rpc)), rpc=rpc,
                               view=view, nodes=InstantPool(mlnode_url), sink=sink, http=http,
-                              public_url="http://127.0.0.1")
+                              public_url="http://127.0.0.1", timeout=timeout)
 
     async def no_batches(height: int) -> list[Any]:
         return []
@@ -257,10 +265,24 @@ async def main() -> None:
     else:
         port = await serve_role(args.role, mlnode_url=args.mlnode_url, executor_url=args.executor_url)
     print(json.dumps({"port": port}), flush=True)
+    # The parent reads only the ready line: anything logged later goes to stderr, so that a full stdout
+    # pipe can never stall a server in the middle of the measurement.
+    os.dup2(2, 1)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
+    if os.environ.get("DAPI_BENCH_PROFILE"):  # diagnosis: cProfile of each child, dumped when it is stopped
+        import cProfile
+        import signal
+        profiler = cProfile.Profile()
+        profiler.enable()
+
+        def dump(*_: object) -> None:
+            profiler.disable()
+            profiler.dump_stats(f"/tmp/prof-{sys.argv[sys.argv.index('--role') + 1]}.out")
+            os._exit(0)
+        signal.signal(signal.SIGTERM, dump)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
