@@ -212,7 +212,11 @@ async def serve_role(role: str, *, mlnode_url: str, executor_url: str) -> int:
     view = ChainView()
     view.update(snapshot())
     sink = ListSink()
-    limits = dict(max_connections=1000, max_keepalive_connections=100)  # as the daemon's client
+    # The daemon's client limits, except that an idle connection is dropped after 4 s instead of httpx's
+    # 5 s: uvicorn (the next hop) closes idle connections after 5 s too, and a request sent on a
+    # connection at the moment the server closes it fails with ReadError, after which the TA avoids its
+    # only executor for 30 s (seen in about one run in three; the daemon has the same race).
+    limits = dict(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=4.0)
     http: Any = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0), limits=httpx.Limits(**limits))
     timeout: Any = None
     if os.environ.get("DAPI_BENCH_HTTPX2"):
