@@ -5,6 +5,9 @@ effective epoch's `ActiveParticipants` (one store read per epoch, cached), the m
 the participants that serve it, each with its full epoch weight, and the draw is weight-proportional,
 as the chain's. From the latest epoch's PoC start up to and including its set-new-validators height,
 only participants with a POC_SLOT node for the model qualify (their other nodes are mining).
+A chain that re-selects the POC_SLOT flags before each PoC (`pre_poc_selection_offset` > 0, DESIGN.md §6.1)
+rewrites the effective epoch's participants at that height: an effective epoch read before it is read
+once more there, so the PoC's draw follows the flags in force.
 
 Executors that just failed are passed in `exclude`; the caller keeps that list short-lived.
 """
@@ -79,6 +82,23 @@ def effective_epoch_index(snapshot: ChainSnapshot) -> int:
     return latest if snapshot.height >= snapshot.context.set_new_validators else latest - 1
 
 
+def _stale_from(epoch_index: int, snapshot: ChainSnapshot) -> int | None:
+    """From which height a read of `epoch_index`'s participants made at the snapshot may be out of date.
+
+    An epoch read before it became effective is read again on every use (its effective height is set at
+    the switch). The effective epoch read before the pre-PoC selection height of the PoC it governs is
+    read again once from that height (the chain rewrites its POC_SLOT flags there). Otherwise: never.
+    """
+    effective = effective_epoch_index(snapshot)
+    if epoch_index > effective:
+        return 0
+    if epoch_index == effective == snapshot.latest_epoch.index:
+        selection = snapshot.context.pre_poc_selection
+        if selection is not None and snapshot.height < selection:
+            return selection
+    return None
+
+
 def poc_filter_applies(snapshot: ChainSnapshot) -> bool:
     """True from the latest epoch's PoC start through its set-new-validators height (inclusive)."""
     ctx: EpochContext = snapshot.context
@@ -96,7 +116,8 @@ class ExecutorDirectory:
         self._rng = rng or random.Random()
         self._epochs: dict[int, EpochParticipants] = {}
         self._loading: dict[int, asyncio.Future[EpochParticipants]] = {}
-        self._final: set[int] = set()  # epochs read after they became effective: nothing more changes
+        # Epoch index -> the height from which the cached read is stale (None: nothing more changes).
+        self._stale_from: dict[int, int | None] = {}
 
     def _snapshot(self) -> ChainSnapshot:
         snapshot = self._view.snapshot
@@ -107,26 +128,26 @@ class ExecutorDirectory:
     async def epoch(self, epoch_index: int) -> EpochParticipants:
         """The stored participants of an epoch (ChainNotFound when it has none); cached."""
         cached = self._epochs.get(epoch_index)
-        if cached is not None and epoch_index in self._final:
-            return cached
-        # An epoch read before it became effective is read again once (its effective height is set then).
-        effective = effective_epoch_index(self._snapshot())
+        snapshot = self._snapshot()
+        if cached is not None and epoch_index in self._stale_from:
+            stale_from = self._stale_from[epoch_index]
+            if stale_from is None or snapshot.height < stale_from:
+                return cached
         loading = self._loading.get(epoch_index)
         if loading is None:
-            loading = asyncio.ensure_future(self._load(epoch_index, final=epoch_index <= effective))
+            loading = asyncio.ensure_future(self._load(epoch_index, stale_from=_stale_from(epoch_index, snapshot)))
             self._loading[epoch_index] = loading
             loading.add_done_callback(lambda _f: self._loading.pop(epoch_index, None))
         return await asyncio.shield(loading)
 
-    async def _load(self, epoch_index: int, *, final: bool) -> EpochParticipants:
+    async def _load(self, epoch_index: int, *, stale_from: int | None) -> EpochParticipants:
         stored = await active_participants(self._rpc, epoch_index)
         loaded = EpochParticipants(epoch_index, stored)
         self._epochs[epoch_index] = loaded
-        if final:
-            self._final.add(epoch_index)
+        self._stale_from[epoch_index] = stale_from
         for old in sorted(self._epochs)[:-self.KEEP_EPOCHS]:
             del self._epochs[old]
-            self._final.discard(old)
+            self._stale_from.pop(old, None)
         return loaded
 
     async def effective(self) -> EpochParticipants:
