@@ -101,6 +101,12 @@ class DevnetSession:
                 config.outbox.poll_interval = max(0.02, self.devnet.block_time / 2)
             self.daemon = Daemon(config, resolve_identity(config))
             await self.daemon.start()
+            ta = self.daemon.inference.ta if self.daemon.inference is not None else None
+            if self._fast and ta is not None:
+                # The TA avoids an executor that failed for 30 s, about 5 blocks of a real chain; on the
+                # devnet that would be several epochs (a participant refused once at a PoC boundary stayed
+                # out of the draw through the next PoC). Keep it about 5 blocks here too.
+                ta.avoid_seconds = max(0.5, 5 * self.devnet.block_time)
             # The config may have asked for OS-chosen ports: the chain must name the one really served.
             self.devnet.ledger.set_inference_url(self.devnet.own.address, self.public_url)
         except BaseException:
