@@ -53,10 +53,13 @@ __all__ = ["RunResult", "main", "run_one"]
 POLICIES = ("none", "half-nodes", "weight", "demand")
 SIZES = (3, 10)
 NODES_PER_PARTICIPANT = 4
-# Requests per second, chosen from `--calibrate` (docs/schedule-policies.md): light is a fraction of what
-# the whole network serves in the Inference phase at ~100%, heavy is near what this machine's single
-# process serves at all (the devnet, its peers and the daemon share one Python process).
-LOADS: dict[int, dict[str, float]] = {3: {"light": 4.0, "heavy": 16.0}, 10: {"light": 4.0, "heavy": 16.0}}
+# Requests per second, chosen from `--calibrate` (docs/schedule-policies.md): under `none`, both sizes serve
+# ~100% of 4-10 rps in the Inference phase and degrade from ~16 rps on, where this machine's CPU, not the
+# nodes' token capacity, is the limit (the devnet, its peers and the daemon share one Python process).
+# Light is a fraction of the comfortable level; heavy is above it, near what the process serves at all.
+LOADS: dict[int, dict[str, float]] = {3: {"light": 4.0, "heavy": 12.0}, 10: {"light": 4.0, "heavy": 12.0}}
+# Multiplies the genesis models' throughput_per_nonce (the nodes' serving capacity); 1 = config/devnet.yaml.
+CAPACITY_SCALE = 1.0
 CATEGORIES = ("gen", "poc", "gap", "inf", "all")
 POC_PHASES = ("PoCGenerate", "PoCGenerateWindDown", "PoCValidate", "PoCValidateWindDown")
 
@@ -122,16 +125,21 @@ class RunResult:
 
 
 async def run_one(policy: str, participants: int, rps: float, *, epochs: int, block_time: float, seed: int,
-                  load_name: str = "") -> RunResult:
+                  capacity_scale: float = 1.0, load_name: str = "") -> RunResult:
     """Run the devnet with `policy` and the seeded load; measure the PoCs of epochs 2 .. epochs + 1."""
+    import yaml
+
     from dapi.chain.epochs import EpochContext
     from dapi.devnet.genesis import DEFAULT_GENESIS_PATH, load_genesis
     from dapi.testbed.session import DevnetSession
 
     started = time.monotonic()
+    spec = yaml.safe_load(DEFAULT_GENESIS_PATH.read_text())
+    models = [{**m, "throughput_per_nonce": max(1, round(m["throughput_per_nonce"] * capacity_scale))}
+              for m in spec["models"]]
     genesis = load_genesis(DEFAULT_GENESIS_PATH, participants=participants,
                            nodes_per_participant=NODES_PER_PARTICIPANT, block_time=block_time,
-                           overrides={"poc_slot_policy": policy})
+                           overrides={"poc_slot_policy": policy, "models": models})
     last = epochs + 1
     async with DevnetSession(genesis=genesis, block_time=None) as session:
         devnet = session.devnet
@@ -172,7 +180,7 @@ async def run_one(policy: str, participants: int, rps: float, *, epochs: int, bl
             epoch = ledger.latest_epoch(height).index
             ctx = contexts.get(epoch)
             in_gap = (ctx is not None and result.phase == "Inference"
-                      and ctx.end_of_poc_validation <= height < ctx.set_new_validators)
+                      and ctx.end_of_poc_validation <= height <= ctx.set_new_validators)
             cats = ["all"]
             if result.phase in POC_PHASES:
                 cats.append("poc")
@@ -213,7 +221,8 @@ def _child(args: argparse.Namespace) -> int:
 
     configure_logging({"DAPI_LOG_LEVEL": "ERROR", "DAPI_LOG_FORMAT": "json"})
     result = asyncio.run(run_one(args.policy, args.participants, args.rps, epochs=args.epochs,
-                                 block_time=args.block_time, seed=args.seed, load_name=args.load_name))
+                                 block_time=args.block_time, seed=args.seed, capacity_scale=args.capacity_scale,
+                                 load_name=args.load_name))
     print(json.dumps(result.as_json()), flush=True)
     return 0
 
@@ -221,7 +230,8 @@ def _child(args: argparse.Namespace) -> int:
 def _spawn(policy: str, participants: int, rps: float, load_name: str, args: argparse.Namespace) -> RunResult:
     command = [sys.executable, "-m", "benchmarks.schedule_policies", "--one", "--policy", policy,
                "--participants", str(participants), "--rps", str(rps), "--load-name", load_name,
-               "--epochs", str(args.epochs), "--block-time", str(args.block_time), "--seed", str(args.seed)]
+               "--epochs", str(args.epochs), "--block-time", str(args.block_time), "--seed", str(args.seed),
+               "--capacity-scale", str(args.capacity_scale)]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=False,
                           timeout=600 + 200 * args.epochs)
@@ -289,9 +299,11 @@ def plot(results: list[RunResult], path: str) -> None:
 def main(argv: list[str] | None = None) -> list[RunResult]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.schedule_policies")
     parser.add_argument("--quick", action="store_true", help="3 participants, light load, 2 epochs")
-    parser.add_argument("--epochs", type=int, default=None, help="PoCs measured per run (default 4; quick 2)")
+    parser.add_argument("--epochs", type=int, default=None, help="PoCs measured per run (default 6; quick 2)")
     parser.add_argument("--block-time", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=1, help="the load seed")
+    parser.add_argument("--capacity-scale", type=float, default=CAPACITY_SCALE,
+                        help="multiply every model's throughput_per_nonce (the nodes' serving capacity)")
     parser.add_argument("--plot", default=None, help="write availability vs weight mined to this PNG")
     parser.add_argument("--json", action="store_true", help="also print every run's figures as JSON")
     parser.add_argument("--calibrate", default=None, metavar="RPS,RPS,...",
@@ -303,12 +315,13 @@ def main(argv: list[str] | None = None) -> list[RunResult]:
     parser.add_argument("--load-name", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = 2 if args.quick else 4
+        args.epochs = 2 if args.quick else 6
     if args.one:
         sys.exit(_child(args))
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; block time {args.block_time} s, "
-          f"{args.epochs} PoCs measured per run, load seed {args.seed}", flush=True)
+          f"{args.epochs} PoCs measured per run, load seed {args.seed}, capacity scale {args.capacity_scale}",
+          flush=True)
     started = time.monotonic()
     results: list[RunResult] = []
     if args.calibrate:
