@@ -278,9 +278,10 @@ def plot(results: list[RunResult], path: str) -> None:
     except ImportError:
         print(f"no plot ({path}): matplotlib is not installed (pip install -e '.[plot]')", flush=True)
         return
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    sizes = sorted({r.participants for r in results})
+    figure, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.5), sharey=True, squeeze=False)
     markers = {"none": "x", "half-nodes": "s", "weight": "o", "demand": "^"}
-    for ax, size in zip(axes, SIZES, strict=False):
+    for ax, size in zip(axes[0], sizes, strict=True):
         for r in results:
             if r.participants != size or not r.healthy or r.requests["poc"]["success"] is None:
                 continue
@@ -290,7 +291,7 @@ def plot(results: list[RunResult], path: str) -> None:
         ax.set_xlabel("PoC weight mined (share of the network's)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("inference success during PoC phases (%)")
+    axes[0][0].set_ylabel("inference success during PoC phases (%)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     print(f"plot written to {path}", flush=True)
