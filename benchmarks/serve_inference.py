@@ -27,7 +27,6 @@ import sys
 import time
 from typing import Any
 
-import httpx
 from google.protobuf.message import Message
 
 from dapi.chain.epochs import Epoch, EpochParams
@@ -39,7 +38,7 @@ from dapi.chain.view import ChainSnapshot, ChainView
 from dapi.gen.inference.inference import query_pb2 as q
 from dapi.gen.inference.inference.activeparticipants_pb2 import ActiveParticipant, ActiveParticipants
 from dapi.gen.inference.inference.params_pb2 import Params
-from dapi.inference.service import build_inference
+from dapi.inference.service import build_inference, inference_http
 from dapi.runtime.serving import EmbeddedServer
 from dapi.server.public.app import create_public_app
 from dapi.server.public.inference_routes import add_inference_routes
@@ -212,17 +211,14 @@ async def serve_role(role: str, *, mlnode_url: str, executor_url: str) -> int:
     view = ChainView()
     view.update(snapshot())
     sink = ListSink()
-    # The daemon's client limits, except that an idle connection is dropped after 4 s instead of httpx's
-    # 5 s: uvicorn (the next hop) closes idle connections after 5 s too, and a request sent on a
-    # connection at the moment the server closes it fails with ReadError, after which the TA avoids its
-    # only executor for 30 s (seen in about one run in three; the daemon has the same race).
-    limits = dict(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=4.0)
-    http: Any = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0), limits=httpx.Limits(**limits))
+    # The daemon's own client (sharded httpx pools, idle connections dropped after 4 s).
+    http: Any = inference_http()
     timeout: Any = None
     if os.environ.get("DAPI_BENCH_HTTPX2"):
         # Diagnosis only: httpx2 (a dependency of gonka-openai, so installed with the test extras) has
         # the connection-pool fixes that httpcore 1.0.9 lacks; its timeouts must be its own type.
         import httpx2
+        limits = dict(max_connections=1000, max_keepalive_connections=100, keepalive_expiry=4.0)
         http = httpx2.AsyncClient(timeout=httpx2.Timeout(300.0, connect=5.0), limits=httpx2.Limits(**limits))
         timeout = httpx2.Timeout(300.0, connect=5.0)
     service = build_inference(address=key.address, signer=key, query=ChainQuery(AbciTransport(rpc)), rpc=rpc,

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from dapi import __version__
 from dapi.broker import Broker, QueryChainReader
 from dapi.broker.errors import BrokerError, GovernanceUnavailable
@@ -35,7 +33,7 @@ from dapi.event_listener.dispatcher import Dispatcher
 from dapi.event_listener.follower import BlockFollower
 from dapi.event_listener.subscription import ChainSubscription
 from dapi.inference.broker_nodes import BrokerNodePool
-from dapi.inference.service import InferenceService, build_inference
+from dapi.inference.service import InferenceService, build_inference, inference_http
 from dapi.inference.stats import InferenceStats
 from dapi.inference.validation_service import ValidationService
 from dapi.logs import get_logger
@@ -45,6 +43,7 @@ from dapi.poc.seeds import SeedManager
 from dapi.poc.validation import BatchValidator
 from dapi.runtime.backoff import Backoff
 from dapi.runtime.files import private_dir, readable_by_others
+from dapi.runtime.http_pool import ShardedClient
 from dapi.runtime.serving import ConnectionLimits, EmbeddedServer, bind_socket
 from dapi.runtime.signals import install_stop_signals
 from dapi.runtime.tasks import TaskOwner
@@ -136,7 +135,7 @@ class Daemon:
         self.inference: InferenceService | None = None
         self.inference_stats = InferenceStats(on_record=self.metrics.inference_request,
                                               on_retry=self.metrics.inference_retried)
-        self._http: httpx.AsyncClient | None = None
+        self._http: ShardedClient | None = None
         self._tasks = TaskOwner("daemon")
         self.registration_error = ""
         self.should_exit = asyncio.Event()
@@ -267,8 +266,7 @@ class Daemon:
     def _build_inference(self) -> InferenceService:
         """The TA and executor (DESIGN.md §8); read-only without a signer key."""
         assert self.broker is not None and self.chain is not None and self.outbox is not None
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=5.0),
-                                       limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
+        self._http = inference_http()
         return build_inference(
             address=self.identity.account_address, signer=self.identity.signer, query=self.chain.query,
             rpc=self.chain.rpc, view=self.view, nodes=BrokerNodePool(self.broker),

@@ -18,6 +18,7 @@ from dapi.devnet.genesis import load_genesis
 from dapi.gen.inference.inference.activeparticipants_pb2 import ActiveParticipant, ActiveParticipants, ModelMLNodes
 from dapi.gen.inference.inference.epoch_group_data_pb2 import MLNodeInfo
 from dapi.gen.inference.inference.params_pb2 import BandwidthLimitsParams, Decimal, Params
+from dapi.inference import directory as directory_module
 from dapi.inference.bandwidth import BandwidthLimiter, request_kb
 from dapi.inference.checks import (
     Rejected,
@@ -27,7 +28,7 @@ from dapi.inference.checks import (
     check_timestamp,
     replay_window_blocks,
 )
-from dapi.inference.directory import Candidate, EpochParticipants, pick, poc_filter_applies
+from dapi.inference.directory import Candidate, EpochParticipants, ExecutorDirectory, pick, poc_filter_applies
 from dapi.inference.responses import DONE_LINE, StreamRewriter, rewrite_json
 from dapi.inference.transfer_agent import parse_chat_request
 
@@ -299,6 +300,45 @@ def test_poc_filter_from_poc_start_through_set_new_validators() -> None:
     assert [applies(h) for h in (ctx.start_of_poc, ctx.end_of_poc_validation, ctx.set_new_validators,
                                  ctx.set_new_validators + 1, ctx.next_poc_start - 1)] == [
         True, True, True, False, False]
+
+
+async def test_effective_epoch_is_read_again_once_from_the_pre_poc_selection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chain that re-selects the POC_SLOT flags before each PoC rewrites the effective epoch's participants
+    # there (DESIGN.md §6.1): the draw during that PoC must follow the new flags, with one more read only.
+    params = load_genesis(None).epoch_params
+    assert params.pre_poc_selection_offset > 0
+    epoch = Epoch(2, 2 * params.epoch_length)
+    ctx = EpochContext.for_epoch(epoch, params)
+    selection = ctx.pre_poc_selection
+    assert selection is not None
+    reads: list[int] = []
+
+    async def fake_read(_rpc: object, epoch_index: int, height: int = 0) -> StoredValue:
+        reads.append(epoch_index)
+        return StoredValue(ActiveParticipants(), b"", height)
+
+    class View:
+        snapshot: ChainSnapshot | None = None
+
+    view = View()
+    monkeypatch.setattr(directory_module, "active_participants", fake_read)
+    found = ExecutorDirectory(rpc=None, view=view)  # type: ignore[arg-type]
+
+    def at(height: int, latest: Epoch = epoch) -> None:
+        view.snapshot = ChainSnapshot(height, "", latest, Params(), params, True)
+
+    for height in (ctx.set_new_validators + 1, selection - 1):
+        at(height)
+        await found.effective()
+    assert reads == [2]
+    for height in (selection, selection + 1):
+        at(height)
+        await found.effective()
+    assert reads == [2, 2]
+    at(ctx.next_poc_start + 1, Epoch(3, ctx.next_poc_start))  # the PoC it governs: still epoch 2, no read
+    assert (await found.effective()).epoch_index == 2
+    assert reads == [2, 2]
 
 
 def test_draw_is_weight_proportional() -> None:

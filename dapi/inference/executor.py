@@ -38,8 +38,10 @@ from dapi.inference.responses import DONE_LINE, FinishValues, StreamRewriter, re
 from dapi.inference.signatures import sign, ta_signed_bytes, verify_dev_signature, verify_ta_signature
 from dapi.inference.stats import InferenceStats
 from dapi.logs import get_logger
+from dapi.runtime.http_pool import ShardedClient
 
-__all__ = ["NO_NODES", "ExecutorChain", "InferenceExecutor", "InferenceNodes", "MessageSink", "NodeLease", "Reply"]
+__all__ = ["NO_NODES", "ExecutorChain", "HttpClient", "InferenceExecutor", "InferenceNodes", "MessageSink", "NodeLease",
+           "Reply"]
 
 log = get_logger(__name__)
 
@@ -76,6 +78,10 @@ class InferenceNodes(Protocol):
     """Own ML nodes: a lease on one serving `model` now, or None when none is free."""
 
     def lease(self, model: str) -> NodeLease | None: ...
+
+
+# What the inference path forwards with: a plain httpx client, or the daemon's sharded one.
+HttpClient = httpx.AsyncClient | ShardedClient
 
 
 class MessageSink(Protocol):
@@ -139,7 +145,7 @@ class InferenceExecutor:
     """
 
     def __init__(self, *, address: str, signer: SigningKey, chain: ExecutorChain, nodes: InferenceNodes,
-                 sink: MessageSink, http: httpx.AsyncClient, replay: ReplayGuard | None = None,
+                 sink: MessageSink, http: HttpClient, replay: ReplayGuard | None = None,
                  stats: InferenceStats | None = None, timeout: httpx.Timeout | None = None) -> None:
         self.address = address
         self.signer = signer

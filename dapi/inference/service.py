@@ -19,11 +19,23 @@ from dapi.inference.bandwidth import BandwidthLimiter
 from dapi.inference.chain_facts import ChainFacts
 from dapi.inference.checks import ReplayGuard
 from dapi.inference.directory import ExecutorDirectory
-from dapi.inference.executor import InferenceExecutor, InferenceNodes, MessageSink
+from dapi.inference.executor import HttpClient, InferenceExecutor, InferenceNodes, MessageSink
 from dapi.inference.stats import InferenceStats
 from dapi.inference.transfer_agent import TransferAgent
+from dapi.runtime.http_pool import ShardedClient
 
-__all__ = ["InferenceService", "build_inference"]
+__all__ = ["InferenceService", "build_inference", "inference_http"]
+
+
+def inference_http() -> ShardedClient:
+    """The client the TA and the executor forward with.
+
+    Sharded (see dapi.runtime.http_pool: one httpx pool slows down as its connections grow), and idle
+    connections are dropped after 4 s, before the 5 s after which uvicorn (another API node) and vLLM
+    servers close theirs: a request sent on a connection just as the server closes it fails.
+    """
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=32, keepalive_expiry=4.0)
+    return ShardedClient(8, timeout=httpx.Timeout(300.0, connect=5.0), limits=limits)
 
 
 @dataclass
@@ -39,7 +51,7 @@ class InferenceService:
 
 
 def build_inference(*, address: str, signer: SigningKey | None, query: ChainQuery, rpc: CometRPC, view: ChainView,
-                    nodes: InferenceNodes, sink: MessageSink | None, http: httpx.AsyncClient, public_url: str,
+                    nodes: InferenceNodes, sink: MessageSink | None, http: HttpClient, public_url: str,
                     stats: InferenceStats | None = None, timeout: httpx.Timeout | None = None) -> InferenceService:
     stats = stats or InferenceStats()
     directory = ExecutorDirectory(rpc, view)

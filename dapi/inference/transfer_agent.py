@@ -34,7 +34,7 @@ from dapi.inference.bandwidth import BandwidthLimiter, request_kb
 from dapi.inference.chain_facts import ChainFacts
 from dapi.inference.checks import Rejected, ReplayGuard, RequestHeaders, Role, check_timestamp, replay_window_blocks
 from dapi.inference.directory import Candidate, ExecutorDirectory, NoExecutor
-from dapi.inference.executor import InferenceExecutor, MessageSink, Reply
+from dapi.inference.executor import HttpClient, InferenceExecutor, MessageSink, Reply
 from dapi.inference.request_body import DEFAULT_MAX_TOKENS, RequestBodyError, modify_request_body, prompt_hash
 from dapi.inference.request_body import prompt_payload as canonical_payload
 from dapi.inference.signatures import sign, ta_signed_bytes, verify_dev_signature
@@ -126,7 +126,7 @@ class TransferAgent:
     """
 
     def __init__(self, *, address: str, signer: SigningKey, chain: ChainFacts, directory: ExecutorDirectory,
-                 local: InferenceExecutor | None, sink: MessageSink, http: httpx.AsyncClient, public_url: str,
+                 local: InferenceExecutor | None, sink: MessageSink, http: HttpClient, public_url: str,
                  replay: ReplayGuard | None = None, stats: InferenceStats | None = None,
                  bandwidth: BandwidthLimiter | None = None, rng: random.Random | None = None, attempts: int = 3,
                  avoid_blocks: int = 3, timeout: httpx.Timeout | None = None,
