@@ -25,9 +25,12 @@ from waiting import wait_for
 
 from dapi.chain.epochs import EpochContext, Phase
 from dapi.chain.keys import SigningKey
+from dapi.chain.rpc import CometRPC
 from dapi.devnet.genesis import ParticipantSpec, load_genesis
 from dapi.devnet.ledger.inferences import InferenceStatus
+from dapi.inference.directory import ExecutorDirectory
 from dapi.inference.signatures import ClientScheme, dev_signed_bytes, sign, ta_signed_bytes
+from dapi.inference.transfer_agent import TransferAgent
 from dapi.testbed.session import DevnetSession
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -343,6 +346,33 @@ async def test_node_lock_is_held_until_a_stream_ends(session: DevnetSession, htt
         node.node.config.max_concurrent = 500
         sim.configure(tokens_per_second=rate)
         s.devnet.resume_blocks()
+
+
+async def test_the_chains_draw_is_the_fallback_when_the_participants_cannot_be_read(
+        session: DevnetSession) -> None:
+    """A TA whose store reads fail (its directory's RPC is unreachable) asks GetRandomExecutor instead."""
+    s = session
+    service = s.daemon.inference
+    assert service is not None and service.ta is not None and s.daemon._http is not None
+    own = s.devnet.own
+    blind = ExecutorDirectory(CometRPC("http://127.0.0.1:9", timeout=1.0), s.daemon.view)
+    ta = TransferAgent(address=own.address, signer=own.signer_key, chain=service.ta.chain, directory=blind,
+                       local=None, sink=service.ta.sink, http=s.daemon._http, public_url=s.public_url)
+    body = chat_body()
+    headers = client_headers(s, body)
+    reply = await ta.serve(headers, body)
+    assert reply.status == 200, reply.body
+    async for _ in reply.stream or _no_chunks():
+        pass
+    if reply.after is not None:
+        await reply.after()
+    record = await landed(s, headers["authorization"])
+    assert record.assigned_to == record.executed_by and record.transferred_by == own.address
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""
 
 
 # --- retry before the first byte (DESIGN.md §8 point 2) ----------------------------------------------

@@ -130,6 +130,11 @@ class ChainFacts:
             return [k for k in ([own] if own else []) + keys if k]
         return await self._transfer_keys.get(self.height, address, fetch)
 
+    async def random_executor(self, model: str) -> tuple[str, str]:
+        """The chain's own executor draw (address, inference_url): the fallback of the local one."""
+        executor = await self._query.random_executor(model)
+        return executor.address, executor.inference_url
+
     # -- prices, time, params --
 
     async def price(self, model: str, default: int) -> int:

@@ -24,14 +24,18 @@ from dapi.chain.store import StoredValue, active_participants
 from dapi.chain.view import ChainSnapshot, ChainView
 from dapi.gen.inference.inference.activeparticipants_pb2 import ActiveParticipant
 
-__all__ = ["Candidate", "EpochParticipants", "ExecutorDirectory", "NoExecutor", "effective_epoch_index",
-           "poc_filter_applies"]
+__all__ = ["Candidate", "EpochParticipants", "ExecutorDirectory", "NoExecutor", "ParticipantsUnavailable",
+           "effective_epoch_index", "poc_filter_applies"]
 
 POC_SLOT = 1  # index in MLNodeInfo.timeslot_allocation
 
 
 class NoExecutor(Exception):
     """No participant can serve the model now."""
+
+
+class ParticipantsUnavailable(NoExecutor):
+    """The effective epoch's participants could not be read: the chain's own draw is the fallback."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,7 @@ class ExecutorDirectory:
         try:
             participants = await self.epoch(effective_epoch_index(snapshot))
         except ChainError as exc:
-            raise NoExecutor(f"participants of the effective epoch unavailable: {exc}") from None
+            raise ParticipantsUnavailable(f"participants of the effective epoch unavailable: {exc}") from None
         # One block early at the PoC start: the daemon acts on the last block it processed, and the nodes
         # without POC_SLOT start mining as soon as the PoC-start block is made.
         poc_next = snapshot.height + 1 >= snapshot.context.next_poc_start

@@ -33,7 +33,7 @@ from dapi.gen.inference.inference import tx_pb2 as itx
 from dapi.inference.bandwidth import BandwidthLimiter, request_kb
 from dapi.inference.chain_facts import ChainFacts
 from dapi.inference.checks import Rejected, ReplayGuard, RequestHeaders, Role, check_timestamp, replay_window_blocks
-from dapi.inference.directory import Candidate, ExecutorDirectory, NoExecutor
+from dapi.inference.directory import Candidate, ExecutorDirectory, NoExecutor, ParticipantsUnavailable
 from dapi.inference.executor import HttpClient, InferenceExecutor, MessageSink, Reply
 from dapi.inference.request_body import DEFAULT_MAX_TOKENS, RequestBodyError, modify_request_body, prompt_hash
 from dapi.inference.request_body import prompt_payload as canonical_payload
@@ -237,13 +237,24 @@ class TransferAgent:
 
     async def _draw(self, model: str, tried: list[str]) -> Candidate:
         """An executor not tried yet, preferably not one that failed lately: when every candidate did, one of
-        those is better than no answer."""
+        those is better than no answer. When the epoch's participants cannot be read, the chain draws."""
         try:
-            return await self.directory.draw(model, set(tried) | self._avoided())
-        except NoExecutor:
-            if not self._avoid:
+            try:
+                return await self.directory.draw(model, set(tried) | self._avoided())
+            except ParticipantsUnavailable:
                 raise
-            return await self.directory.draw(model, set(tried))
+            except NoExecutor:
+                if not self._avoid:
+                    raise
+                return await self.directory.draw(model, set(tried))
+        except ParticipantsUnavailable as exc:
+            try:
+                address, url = await self.chain.random_executor(model)
+            except ChainError as chain_exc:
+                raise NoExecutor(f"{exc}; GetRandomExecutor failed too: {chain_exc}") from None
+            if address in tried:
+                raise NoExecutor(f"{exc}; GetRandomExecutor drew {address} again") from None
+            return Candidate(address, 1, url)
 
     async def _forward(self, accepted: _Accepted, started: float) -> Reply:
         seed, payload = accepted.seed, accepted.payload
