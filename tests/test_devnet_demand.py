@@ -85,10 +85,14 @@ async def test_without_demand_the_pre_poc_block_keeps_one_node_per_model_and_the
         assert list(formed.expected_throughput_vector) == at_formation != expected
         assert list(formed.real_throughput_vector) == []
         # The sub-groups on the wire say the same as the stored members; before the block they said formation's.
+        changed = []
         for m in models:
             now = sub_group_flags(devnet, m, PRE_POC)
             assert now == {(p.index, n.node_id): n.is_active_during_poc for p in active for n in p.nodes_for_model(m)}
-            assert now != sub_group_flags(devnet, m, PRE_POC - 1)
+            changed.append(now != sub_group_flags(devnet, m, PRE_POC - 1))
+        # Formation's flags may match the re-chosen ones for one model (the nodes' weights vary from run to
+        # run), never for all: formation keeps about half of every participant serving, this one node a model.
+        assert any(changed)
         report = devnet.report(1)
         assert report is not None
         assert report.poc_slot_policy == "demand"
