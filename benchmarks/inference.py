@@ -1,4 +1,4 @@
-"""Inference path performance (issue 14): requests/s and time to first token through the executor and TA.
+"""Inference path performance: requests/s and time to first token through the executor and TA.
 
 Three child processes (`benchmarks.serve_inference`): an ML node that answers a 200-token completion at
 once, an executor server and a TA server (the real public app, `InferenceExecutor`, `TransferAgent`), the
@@ -167,7 +167,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 async def httpx_floor(port: int) -> float:
-    """The direct floor as the issue words it (httpx), for comparison with the minimal client."""
+    """The direct floor measured with httpx, for comparison with the minimal client."""
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": TOKENS})
     count = 0
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=CLIENTS,

@@ -1,4 +1,4 @@
-"""POC_SLOT policies compared on the devnet under inference load (issue 16, item 4).
+"""POC_SLOT policies compared on the devnet under inference load.
 
 Every run is one `DevnetSession` (the simulated chain, peers and ML nodes plus the real daemon) in a
 child process of its own, started from the same genesis (`config/devnet.yaml` with the size, block time
