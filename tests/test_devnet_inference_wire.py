@@ -19,10 +19,10 @@ from dapi.chain.errors import ChainNotFound, ChainRejected
 from dapi.chain.keys import SigningKey
 from dapi.chain.query import AbciTransport, GrpcTransport, QueryTransport
 from dapi.chain.rpc import CometRPC
+from dapi.chain.store import STORE_KEY_PATH, active_participants_key
 from dapi.chain.tx import TxSigner
 from dapi.devnet import SimulatedNetwork
 from dapi.devnet.genesis import ParticipantSpec
-from dapi.devnet.wire.inference_queries import STORE_KEY_PATH, active_participants_key
 from dapi.gen.inference.inference import activeparticipants_pb2, participant_pb2
 from dapi.gen.inference.inference import query_pb2 as q
 

@@ -22,6 +22,7 @@ SIMULATOR_MAY_IMPORT = (
     "dapi.chain.tx",
     "dapi.chain.messages",
     "dapi.chain.gojson",
+    "dapi.chain.store",
     "dapi.inference.signatures",
     "dapi.inference.sampling",
     "dapi.inference.comparison",

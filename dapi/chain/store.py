@@ -8,21 +8,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import DecodeError
 
 from dapi.chain.errors import ChainBadResponse, ChainNotFound, ChainRejected
-from dapi.chain.rpc import CometRPC
 from dapi.gen.inference.inference.activeparticipants_pb2 import ActiveParticipants
 
-__all__ = ["STORE_KEY_PATH", "StoredValue", "active_participants", "active_participants_key"]
+if TYPE_CHECKING:  # only the parameter's type: the keys below are wire facts the devnet's store serves too
+    from dapi.chain.rpc import CometRPC
+
+__all__ = ["ACTIVE_PARTICIPANTS_PREFIX", "STORE_KEY_PATH", "StoredValue", "active_participants",
+           "active_participants_key"]
 
 STORE_KEY_PATH = "/store/inference/key"
-_ACTIVE_PARTICIPANTS = b"ActiveParticipants/value/"
+ACTIVE_PARTICIPANTS_PREFIX = b"ActiveParticipants/value/"
 
 
 def active_participants_key(epoch_index: int) -> bytes:
-    return _ACTIVE_PARTICIPANTS + epoch_index.to_bytes(8, "big") + b"/"
+    """The chain's `ActiveParticipantsFullKey(epoch)`."""
+    return ACTIVE_PARTICIPANTS_PREFIX + epoch_index.to_bytes(8, "big") + b"/"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import grpc
 from google.protobuf.message import Message
 
+from dapi.chain.store import ACTIVE_PARTICIPANTS_PREFIX
 from dapi.devnet.ledger import Ledger, valid_address
 from dapi.devnet.ledger.context import live_grantees
 from dapi.devnet.ledger.executors import ExecutorUnavailable, draw, executor_candidates
@@ -36,18 +37,10 @@ from dapi.gen.cosmos.base.query.v1beta1 import pagination_pb2
 from dapi.gen.inference.inference import participant_pb2
 from dapi.gen.inference.inference import query_pb2 as q
 
-__all__ = ["ACTIVE_PARTICIPANTS_PREFIX", "STORE_KEY_PATH", "InferenceQueries", "active_participants_key"]
-
-STORE_KEY_PATH = "/store/inference/key"
-ACTIVE_PARTICIPANTS_PREFIX = b"ActiveParticipants/value/"
+__all__ = ["InferenceQueries"]
 DEFAULT_PAGE_LIMIT = 100  # the Cosmos SDK's default page size
 
 Handler = Callable[[Message, int | None], Message]
-
-
-def active_participants_key(epoch_index: int) -> bytes:
-    """The chain's `ActiveParticipantsFullKey(epoch)`."""
-    return ACTIVE_PARTICIPANTS_PREFIX + epoch_index.to_bytes(8, "big") + b"/"
 
 
 def draw_seed(chain_id: str) -> int:

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from dapi.chain.messages import pack_any
+from dapi.chain.store import STORE_KEY_PATH
 from dapi.devnet.ledger import CODESPACE_SDK, Ledger, valid_address
 from dapi.devnet.schedule.records import EpochGroupData, HardwareNodes
 from dapi.devnet.wire.convert import (
@@ -33,7 +34,7 @@ from dapi.devnet.wire.convert import (
     poc_batch_to_proto,
     validation_params_to_proto,
 )
-from dapi.devnet.wire.inference_queries import STORE_KEY_PATH, InferenceQueries
+from dapi.devnet.wire.inference_queries import InferenceQueries
 from dapi.gen.cosmos.auth.v1beta1 import auth_pb2
 from dapi.gen.cosmos.auth.v1beta1 import query_pb2 as auth_q
 from dapi.gen.cosmos.crypto.secp256k1.keys_pb2 import PubKey
