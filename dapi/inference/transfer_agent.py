@@ -239,22 +239,22 @@ class TransferAgent:
         """An executor not tried yet, preferably not one that failed lately: when every candidate did, one of
         those is better than no answer. When the epoch's participants cannot be read, the chain draws."""
         try:
-            try:
-                return await self.directory.draw(model, set(tried) | self._avoided())
-            except ParticipantsUnavailable:
-                raise
-            except NoExecutor:
-                if not self._avoid:
-                    raise
-                return await self.directory.draw(model, set(tried))
+            return await self.directory.draw(model, set(tried) | self._avoided())
         except ParticipantsUnavailable as exc:
-            try:
-                address, url = await self.chain.random_executor(model)
-            except ChainError as chain_exc:
-                raise NoExecutor(f"{exc}; GetRandomExecutor failed too: {chain_exc}") from None
-            if address in tried:
-                raise NoExecutor(f"{exc}; GetRandomExecutor drew {address} again") from None
-            return Candidate(address, 1, url)
+            return await self._chain_draw(model, tried, exc)
+        except NoExecutor:
+            if not self._avoid:
+                raise
+        return await self.directory.draw(model, set(tried))
+
+    async def _chain_draw(self, model: str, tried: list[str], why: ParticipantsUnavailable) -> Candidate:
+        try:
+            address, url = await self.chain.random_executor(model)
+        except ChainError as exc:
+            raise NoExecutor(f"{why}; GetRandomExecutor failed too: {exc}") from None
+        if address in tried:
+            raise NoExecutor(f"{why}; GetRandomExecutor drew {address} again")
+        return Candidate(address, 1, url)
 
     async def _forward(self, accepted: _Accepted, started: float) -> Reply:
         seed, payload = accepted.seed, accepted.payload
