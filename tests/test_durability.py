@@ -44,6 +44,20 @@ def sent_deadlines(outbox: Path) -> list[float]:
         return [row[0] for row in db.execute("SELECT deadline FROM messages WHERE state = 'sent'")]
 
 
+def short_tx_timeout(config: Path) -> None:
+    """Give the outbox's txs a short validity, so a tx in flight at a kill is sent again soon after."""
+    settings = yaml.safe_load(config.read_text())
+    settings.setdefault("outbox", {})["tx_timeout"] = TX_TIMEOUT
+    config.write_text(yaml.safe_dump(settings))
+
+
+async def past_resend_deadlines(outbox: Path) -> None:
+    """Until the deadline of every tx sent before a kill has passed: a restarted daemon then signs them all afresh."""
+    deadlines = sent_deadlines(outbox)
+    await wait_for(lambda: time.time() > max(deadlines, default=0.0), timeout=4 * TX_TIMEOUT + 30,
+                   what="the resend deadline of every tx sent before the kill")
+
+
 def start_daemon(config: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DAPI_LOG_LEVEL": "WARNING"}
     env.pop("DAPI_SIGNER_KEY", None)
@@ -60,9 +74,7 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
         # timeout (plus grace) has passed, so that it can never land twice. The test restarts the
         # daemon after that point, so every batch is signed afresh at the restart and all of them sit
         # in the mempool together, unexpired, before the few blocks left of the exchange window.
-        settings = yaml.safe_load(config.read_text())
-        settings.setdefault("outbox", {})["tx_timeout"] = TX_TIMEOUT
-        config.write_text(yaml.safe_dump(settings))
+        short_tx_timeout(config)
         params = devnet.genesis.epoch_params
         ctx = EpochContext(1, params.epoch_length, params)
         own = devnet.own.address
@@ -113,9 +125,7 @@ async def test_sigkill_after_answered_callbacks_loses_nothing(tmp_path: Path) ->
         # A batch whose broadcast was in flight at the kill is on record as sent, with the deadline (its tx's
         # timeout plus grace) after which the outbox sends it again. Once every such deadline has passed, the
         # restarted daemon signs every batch afresh at once.
-        deadlines = sent_deadlines(tmp_path / "data" / "outbox.sqlite")
-        await wait_for(lambda: time.time() > max(deadlines, default=0.0), timeout=4 * TX_TIMEOUT + 30,
-                       what="the resend deadline of every tx sent before the kill")
+        await past_resend_deadlines(tmp_path / "data" / "outbox.sqlite")
         daemon = start_daemon(config)
         try:
             # Resume only once the mempool holds every one of them, so that the few blocks left of the

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
-import yaml
-from test_durability import TX_TIMEOUT, free_port, sent_deadlines, start_daemon
+from test_durability import free_port, past_resend_deadlines, short_tx_timeout, start_daemon
 from waiting import wait_for
 
 from dapi.devnet import SimulatedNetwork
@@ -42,9 +41,7 @@ async def test_sigkill_right_after_answering_still_lands_the_finish(tmp_path: Pa
         ports = DaemonPorts(free_port(), free_port(), free_port())
         config = tmp_path / "config.yaml"
         devnet.write_daemon_config(config, ports=ports, data_dir=tmp_path / "data")
-        settings = yaml.safe_load(config.read_text())
-        settings.setdefault("outbox", {})["tx_timeout"] = TX_TIMEOUT
-        config.write_text(yaml.safe_dump(settings))
+        short_tx_timeout(config)
         model = devnet.own.nodes[0].models[0]
         http = httpx.AsyncClient(timeout=30)
         ids: list[str] = []
@@ -82,9 +79,7 @@ async def test_sigkill_right_after_answering_still_lands_the_finish(tmp_path: Pa
                 daemon.wait()
 
         devnet.clear_checktx_faults()
-        deadlines = sent_deadlines(tmp_path / "data" / "outbox.sqlite")
-        await wait_for(lambda: time.time() > max(deadlines, default=0.0), timeout=4 * TX_TIMEOUT + 30,
-                       what="the resend deadline of every tx sent before the kill")
+        await past_resend_deadlines(tmp_path / "data" / "outbox.sqlite")
         devnet.resume_blocks()
         daemon = start_daemon(config)
         try:
