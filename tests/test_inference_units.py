@@ -351,3 +351,30 @@ def test_draw_is_weight_proportional() -> None:
     assert chi2 < 13.8  # chi-square, 2 degrees of freedom, p = 0.001
     # A zero-weight member is never drawn; one member is always drawn.
     assert {pick([Candidate("z", 0, ""), Candidate("w", 1, "")], rng).address for _ in range(50)} == {"w"}
+
+
+# --- chain facts: the block time -----------------------------------------------------------------
+
+
+class _StatusRPC:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def status(self) -> Any:
+        from dapi.chain.rpc import ChainNodeStatus
+
+        self.calls += 1
+        return ChainNodeStatus("c", self.calls, "", False, latest_block_time_ns=1_000 + self.calls)
+
+
+async def test_the_block_time_comes_with_the_block_and_a_replayed_block_costs_one_status_query() -> None:
+    from dapi.chain.view import ChainView
+    from dapi.inference.chain_facts import ChainFacts
+
+    rpc, view = _StatusRPC(), ChainView()
+    facts = ChainFacts(None, rpc, view)  # type: ignore[arg-type]
+    params = load_genesis(None).epoch_params
+    view.update(ChainSnapshot(50, "", Epoch(1, 40), Params(), params, True, block_time_ns=777))
+    assert [await facts.block_time_ns() for _ in range(3)] == [777] * 3 and rpc.calls == 0
+    view.update(ChainSnapshot(51, "", Epoch(1, 40), Params(), params, True))  # replayed: no time read
+    assert [await facts.block_time_ns() for _ in range(3)] == [1_001] * 3 and rpc.calls == 1

@@ -41,6 +41,7 @@ class ChainSnapshot:
     params: Params  # the chain's full params, as last reported by EpochInfo
     epoch_params: EpochParams
     synced: bool
+    block_time_ns: int = 0  # the chain tip's block time as CometBFT /status gave it with this block; 0: not read
 
     @property
     def context(self) -> EpochContext:

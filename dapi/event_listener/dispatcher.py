@@ -114,15 +114,18 @@ class Dispatcher:
 
     async def process(self, block: NewBlock, replayed: bool) -> None:
         bind_context(height=block.height)
+        block_time_ns = 0
         if replayed:
             synced = True  # the chain node was synced when it announced a later block
         else:
-            synced = not (await self._rpc.status()).catching_up
+            status = await self._rpc.status()
+            synced, block_time_ns = not status.catching_up, status.latest_block_time_ns
         info = await self._query.epoch_info(height=block.height if replayed else 0)
         latest = Epoch(info.latest_epoch.index, info.latest_epoch.poc_start_block_height)
         params = epoch_params_from_proto(info.params)
         snapshot = ChainSnapshot(height=block.height, block_hash=block.hash, latest_epoch=latest,
-                                 params=info.params, epoch_params=params, synced=synced)
+                                 params=info.params, epoch_params=params, synced=synced,
+                                 block_time_ns=block_time_ns)
         self._view.update(snapshot)
         self.recent.append((block.height, snapshot.phase, replayed))
         bind_context(epoch=latest.index)

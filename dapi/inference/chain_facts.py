@@ -1,10 +1,11 @@
 """What the inference path reads of the chain, at most once per block (DESIGN.md §8 point 1).
 
 A request never waits for more than the first query of its kind in a block: requester pubkey and
-balance, a transfer agent's keys (account key plus its MsgStartInference grantees), the per-token
-prices and the latest block time are each fetched once per processed height and shared by every
+balance, a transfer agent's keys (account key plus its MsgStartInference grantees) and the per-token
+prices are each fetched once per processed height and shared by every
 request of that block (concurrent misses wait for the same fetch). Params (timestamp window,
-expiration, bandwidth) come from the chain view, which the dispatcher refreshes every block.
+expiration, bandwidth) and the latest block time come from the chain view, which the dispatcher
+refreshes every block (a replayed block has no block time there: then one /status per block).
 
 The balance is the spendable balance minus the escrow of requests this daemon accepted since it was
 read, so a burst inside one block cannot promise more than the requester has.
@@ -145,6 +146,11 @@ class ChainFacts:
         return default if price is None else price
 
     async def block_time_ns(self) -> int:
+        """The latest block time: as the dispatcher read it with this block, else one /status per block."""
+        snapshot = self._view.snapshot
+        if snapshot is not None and snapshot.block_time_ns:
+            return snapshot.block_time_ns
+
         async def fetch() -> int:
             return (await self._rpc.status()).latest_block_time_ns
         return await self._time.get(self.height, "", fetch)
