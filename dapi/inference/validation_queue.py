@@ -215,16 +215,21 @@ class ValidationStore:
 
     # -- claims --
 
+    _CLAIM_COLUMNS = "epoch, opened_at, deadline, state, forced, missing, outbox_row, code, amount, result"
+
+    @staticmethod
+    def _claim_row(row: tuple[Any, ...]) -> ClaimRow:
+        return ClaimRow(row[0], row[1], row[2], row[3], bool(row[4]), *row[5:])
+
     def claim(self, epoch: int) -> ClaimRow | None:
-        row = self.db.execute(
-            "SELECT epoch, opened_at, deadline, state, forced, missing, outbox_row, code, amount, result FROM claims"
-            " WHERE epoch = ?", (epoch,)).fetchone()
-        return None if row is None else ClaimRow(row[0], row[1], row[2], row[3], bool(row[4]), *row[5:])
+        row = self.db.execute(f"SELECT {self._CLAIM_COLUMNS} FROM claims WHERE epoch = ?", (epoch,)).fetchone()
+        return None if row is None else self._claim_row(row)
 
     def claims(self, states: tuple[str, ...]) -> list[ClaimRow]:
         marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT epoch FROM claims WHERE state IN ({marks}) ORDER BY epoch", states).fetchall()
-        return [c for (epoch,) in rows if (c := self.claim(epoch)) is not None]
+        rows = self.db.execute(f"SELECT {self._CLAIM_COLUMNS} FROM claims WHERE state IN ({marks}) ORDER BY epoch",
+                               states).fetchall()
+        return [self._claim_row(row) for row in rows]
 
     def last_claim(self) -> ClaimRow | None:
         row = self.db.execute("SELECT MAX(epoch) FROM claims WHERE state != 'waiting'").fetchone()
