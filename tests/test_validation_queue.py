@@ -67,8 +67,10 @@ async def test_selections_and_the_scan_cursor_survive_a_reopen_and_are_counted(t
         {"selected": 3, "pending": 2, "sent": 2, "landed": 1, "failed": 1}
     epoch = await again.run(again.s.epoch_counts, 3)
     assert (epoch["required"], epoch["required_pending"], epoch["landed"]) == (2, 1, 1)
-    assert await again.run(again.s.abandon_epoch, 3, "claimed") == 1  # i2, still queued
+    await again.run(again.s.record, [Selected("i2", 3, "m", False, 0.98, 13, revalidation=True)], 13)
+    assert await again.run(again.s.abandon_epoch, 3, "claimed") == 1  # i2, still queued; not its re-validation
     assert (await again.run(again.s.counts))["abandoned"] == 1
+    assert [(i.inference_id, i.revalidation) for i in await again.run(again.s.due, 1e18, 10, set())] == [("i2", True)]
     await again.close()
 
 
