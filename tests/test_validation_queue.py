@@ -67,6 +67,29 @@ async def test_selections_and_the_scan_cursor_survive_a_reopen_and_are_counted(t
         {"selected": 3, "pending": 2, "sent": 2, "landed": 1, "failed": 1}
     epoch = await again.run(again.s.epoch_counts, 3)
     assert (epoch["required"], epoch["required_pending"], epoch["landed"]) == (2, 1, 1)
-    assert await again.run(again.s.abandon_epoch, 3, "claimed") == 1  # i2, still queued
+    await again.run(again.s.record, [Selected("i2", 3, "m", False, 0.98, 13, revalidation=True)], 13)
+    assert await again.run(again.s.abandon_epoch, 3, "claimed") == 1  # i2, still queued; not its re-validation
     assert (await again.run(again.s.counts))["abandoned"] == 1
+    assert [(i.inference_id, i.revalidation) for i in await again.run(again.s.due, 1e18, 10, set())] == [("i2", True)]
     await again.close()
+
+
+async def test_claims_move_from_waiting_to_sent_to_their_result(tmp_path: Path) -> None:
+    q = ValidationQueue(tmp_path / "validations.sqlite")
+    await q.open()
+    await q.run(q.s.open_claim, 4, 100, 140)
+    await q.run(q.s.open_claim, 5, 200, 240)
+    await q.run(q.s.open_claim, 4, 110, 150)  # opened once: the first opening is kept
+    assert [(c.epoch, c.opened_at, c.deadline) for c in await q.run(q.s.claims, ("waiting",))] == \
+        [(4, 100, 140), (5, 200, 240)]
+    assert await q.run(q.s.last_claim) is None  # a waiting claim is not "the last claim"
+    await q.run(q.s.claim_sent, 4, 9, True, 2)
+    sent = await q.run(q.s.claims, ("sent",))
+    assert [(c.epoch, c.outbox_row, c.forced, c.missing) for c in sent] == [(4, 9, True, 2)]
+    await q.run(q.s.claim_result, 4, "landed", 0, 0, "Inference not validated")
+    last = await q.run(q.s.last_claim)
+    assert last is not None and last.as_json() == {"epoch": 4, "state": "landed", "code": 0, "amount": 0,
+                                                   "result": "Inference not validated", "forced": True,
+                                                   "missing_validations": 2}
+    assert [c.epoch for c in await q.run(q.s.claims, ("waiting", "sent"))] == [5]
+    await q.close()

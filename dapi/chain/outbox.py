@@ -27,7 +27,6 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -42,6 +41,7 @@ from dapi.config import OutboxConfig
 from dapi.logs import get_logger
 from dapi.metrics import Metrics
 from dapi.runtime.backoff import Backoff, capped_delay
+from dapi.runtime.sqlite import DbThread
 from dapi.runtime.tasks import TaskOwner
 
 log = get_logger(__name__)
@@ -90,7 +90,7 @@ class Outbox:
         self._signer_factory = signer_factory
         self.settings = settings or OutboxConfig.model_validate({})
         self.metrics = metrics
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DbThread("outbox-db", "outbox", OutboxClosed)
         self._store: OutboxStore | None = None
         self._signer: TxSigner | None = None
         self._intake: asyncio.Queue[tuple[str, Message, asyncio.Future[int]]] = asyncio.Queue()
@@ -109,7 +109,7 @@ class Outbox:
         return self.broadcaster is not None and self._signer_factory is not None
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
+        self._thread.open()
         self._store = await self._db(OutboxStore, self.path)
         self._accepting = True
         self._tasks.supervise(self._writer_loop, "outbox-writer", backoff=Backoff(1.0, 1.0))
@@ -139,14 +139,10 @@ class Outbox:
         if self._store is not None:
             await self._db(self._store.close)
             self._store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._thread.close()
 
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise OutboxClosed("the outbox is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)
 
     def _store_or_raise(self) -> OutboxStore:
         if self._store is None:

@@ -6,7 +6,6 @@ is private to the daemon's user (0600, its -wal and -shm files too).
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from google.protobuf.message import Message
 
 from dapi.chain.messages import message_class
-from dapi.runtime.files import private_dir, private_file
+from dapi.runtime.sqlite import open_private_db
 
 __all__ = ["LANDED_KEPT", "DeadLetter", "OutboxRow", "OutboxStore", "RowFate"]
 
@@ -102,19 +101,9 @@ class OutboxStore:
     """Synchronous sqlite access; only ever called on the outbox's own thread."""
 
     def __init__(self, path: Path) -> None:
-        private_dir(path.parent)
-        # Pending transactions are the daemon's alone. SQLite creates the -wal and -shm files with the
-        # database file's mode, so making the database 0600 before it is opened covers all three;
-        # leftovers of an older run are tightened too.
-        private_file(path)
-        for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if extra.exists():
-                private_file(extra)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit is on disk before submit() returns, so even power loss keeps answered batches.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
+        # Pending transactions are the daemon's alone (0600). FULL sync: a commit is on disk before
+        # submit() returns, so even power loss keeps answered batches.
+        self.db = open_private_db(path, _SCHEMA)
         # Landed rows are kept (bodies emptied) for the admin view and the devnet's checks; a week is plenty.
         self.db.execute("DELETE FROM messages WHERE state = 'landed' AND created_at < ?", (time.time() - LANDED_KEPT,))
 

@@ -19,15 +19,12 @@ The file is private to the daemon's user.
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dapi.runtime.files import private_dir, private_file
+from dapi.runtime.sqlite import DbThread, open_private_db
 
 __all__ = ["ClaimRow", "Selected", "ValidationQueue", "ValidationStore", "WorkItem"]
 
@@ -119,12 +116,7 @@ class ValidationStore:
     """Synchronous sqlite access; only ever called on the queue's own thread."""
 
     def __init__(self, path: Path) -> None:
-        private_dir(path.parent)
-        private_file(path)  # -wal and -shm take the database file's mode
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # a selection is on disk before the scan moves on
-        self.db.executescript(_SCHEMA)
+        self.db = open_private_db(path, _SCHEMA)  # FULL sync: a selection is on disk before the scan moves on
 
     def close(self) -> None:
         self.db.close()
@@ -223,16 +215,21 @@ class ValidationStore:
 
     # -- claims --
 
+    _CLAIM_COLUMNS = "epoch, opened_at, deadline, state, forced, missing, outbox_row, code, amount, result"
+
+    @staticmethod
+    def _claim_row(row: tuple[Any, ...]) -> ClaimRow:
+        return ClaimRow(row[0], row[1], row[2], row[3], bool(row[4]), *row[5:])
+
     def claim(self, epoch: int) -> ClaimRow | None:
-        row = self.db.execute(
-            "SELECT epoch, opened_at, deadline, state, forced, missing, outbox_row, code, amount, result FROM claims"
-            " WHERE epoch = ?", (epoch,)).fetchone()
-        return None if row is None else ClaimRow(row[0], row[1], row[2], row[3], bool(row[4]), *row[5:])
+        row = self.db.execute(f"SELECT {self._CLAIM_COLUMNS} FROM claims WHERE epoch = ?", (epoch,)).fetchone()
+        return None if row is None else self._claim_row(row)
 
     def claims(self, states: tuple[str, ...]) -> list[ClaimRow]:
         marks = ",".join("?" * len(states))
-        rows = self.db.execute(f"SELECT epoch FROM claims WHERE state IN ({marks}) ORDER BY epoch", states).fetchall()
-        return [c for (epoch,) in rows if (c := self.claim(epoch)) is not None]
+        rows = self.db.execute(f"SELECT {self._CLAIM_COLUMNS} FROM claims WHERE state IN ({marks}) ORDER BY epoch",
+                               states).fetchall()
+        return [self._claim_row(row) for row in rows]
 
     def last_claim(self) -> ClaimRow | None:
         row = self.db.execute("SELECT MAX(epoch) FROM claims WHERE state != 'waiting'").fetchone()
@@ -259,25 +256,21 @@ class ValidationQueue:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DbThread("validations-db", "validation queue")
         self.store: ValidationStore | None = None
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="validations-db")
+        self._thread.open()
         self.store = await self.run(ValidationStore, self.path)
 
     async def close(self) -> None:
         if self.store is not None:
             await self.run(self.store.close)
             self.store = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        self._thread.close()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
-            raise RuntimeError("the validation queue is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        return await self._thread.run(fn, *args)
 
     @property
     def s(self) -> ValidationStore:
