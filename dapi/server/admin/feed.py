@@ -189,11 +189,11 @@ class DashboardFeed:
         t = self._totals
         first = self.samples == 0
         accepted = self._metrics.batches_accepted_count("generated")
-        landed = self._landed("MsgSubmitPocBatch")
-        claims_landed = self._landed("MsgClaimRewards")
+        landed = self._metrics.txs_landed_count("MsgSubmitPocBatch")
+        claims_landed = self._metrics.txs_landed_count("MsgClaimRewards")
         # The failure counter moves only after a dead letter is stored: the table is read only when it changed,
         # so sampling never competes with the outbox for its database every second.
-        dead_total = self._failures()
+        dead_total = self._metrics.tx_failures_count()
         if self._outbox is not None and dead_total != t.dead_total:
             self._dead_letters = await self._outbox.dead_letters(100_000)
             t.dead_total = dead_total
@@ -215,13 +215,6 @@ class DashboardFeed:
         elif now - self._last_point[0] >= self.point_every:
             self._add_point(now, requests, accepted, components.get("inference"))
         self.samples += 1
-
-    def _failures(self) -> int:
-        return int(sum(sample.value for metric in self._metrics.tx_failures.collect() for sample in metric.samples
-                       if sample.name.endswith("_total")))
-
-    def _landed(self, type_name: str) -> int:
-        return int(self._metrics.txs_landed.labels(type=type_name)._value.get())
 
     def _sample_epoch(self, latest: int | None, claims_landed: int, first: bool,
                       validation: Mapping[str, Any] | None) -> None:
@@ -346,7 +339,7 @@ class DashboardFeed:
             "validated": self._metrics.batches_accepted_count("validated"),
             "refused": self._metrics.batches_refused_count(late=False),
             "late": self._metrics.batches_refused_count(late=True),
-            "landed": self._landed("MsgSubmitPocBatch"),
+            "landed": self._metrics.txs_landed_count("MsgSubmitPocBatch"),
             "dead_lettered": self._totals.dead,
             "stages": [{"stage": h, "accepted": s.accepted, "landed": s.landed, "dead_lettered": s.dead}
                        for h, s in sorted(self._stages.items(), reverse=True)],
