@@ -158,6 +158,7 @@ class DashboardFeed:
         self._totals = _Totals()
         self._last_point: tuple[float, int | None, int] | None = None
         self._dead_letters: list[DeadLetter] = []
+        self._dead_batches = 0  # of those, PoC batches (counted when the list is read, not every sample)
         self._sampling = asyncio.Lock()  # the sampler task and page requests both sample; one at a time
         self.samples = 0
 
@@ -178,14 +179,17 @@ class DashboardFeed:
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    async def sample(self) -> None:
-        """Read the counters once: attribute their changes to the running stage and epoch, keep chart points."""
-        async with self._sampling:
-            await self._sample()
+    async def sample(self, status: Mapping[str, Any] | None = None) -> None:
+        """Read the counters once: attribute their changes to the running stage and epoch, keep chart points.
 
-    async def _sample(self) -> None:
+        ``status`` is the daemon's status document when the caller has just built it (else it is built here).
+        """
+        async with self._sampling:
+            await self._sample(self._status() if status is None else status)
+
+    async def _sample(self, status: Mapping[str, Any]) -> None:
         snapshot = self._view.snapshot
-        components = self._status().get("components", {})
+        components = status.get("components", {})
         t = self._totals
         first = self.samples == 0
         accepted = self._metrics.batches_accepted_count("generated")
@@ -196,8 +200,9 @@ class DashboardFeed:
         dead_total = self._metrics.tx_failures_count()
         if self._outbox is not None and dead_total != t.dead_total:
             self._dead_letters = await self._outbox.dead_letters(100_000)
+            self._dead_batches = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
             t.dead_total = dead_total
-        dead = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
+        dead = self._dead_batches
         # The genesis epoch has no PoC stage to count batches against.
         if snapshot is not None and snapshot.latest_epoch.index > 0 and not first:
             stage = self._stages.setdefault(snapshot.latest_epoch.poc_start_block_height, _Stage())
@@ -280,8 +285,8 @@ class DashboardFeed:
     # -- documents --------------------------------------------------------------------------------
 
     async def dashboard(self) -> dict[str, Any]:
-        await self.sample()  # so the per-stage counts agree with the totals shown beside them
         status = self._status()
+        await self.sample(status)  # so the per-stage counts agree with the totals shown beside them
         components = status.get("components", {})
         return {
             "generated_at": iso(self._clock()),
