@@ -102,5 +102,13 @@ class Metrics:
                        if sample.name.endswith("_total")
                        and (late is None or (sample.labels.get("reason") == "late") is late)))
 
+    def txs_landed_count(self, type_name: str) -> int:
+        return int(self.txs_landed.labels(type=type_name)._value.get())
+
+    def tx_failures_count(self) -> int:
+        """Transactions failed for good, every stage and code (the outbox counts one once it is dead-lettered)."""
+        return int(sum(sample.value for metric in self.tx_failures.collect() for sample in metric.samples
+                       if sample.name.endswith("_total")))
+
     def outbox_depth_value(self) -> int:
         return int(self.outbox_depth._value.get())

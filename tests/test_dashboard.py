@@ -70,11 +70,13 @@ class Board:
 class Letters:
     def __init__(self) -> None:
         self.letters: list[DeadLetter] = []
+        self.reads = 0
 
     async def counts(self) -> dict[str, int]:
         return {"pending": 1, "sent": 2, "landed": 0, "dead": len(self.letters)}
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        self.reads += 1
         return self.letters[:limit]
 
 
@@ -100,12 +102,14 @@ async def test_batches_are_counted_against_the_stage_running_when_they_changed()
     metrics.batches_accepted.labels(kind="generated").inc(3)
     metrics.txs_landed.labels(type="MsgSubmitPocBatch").inc(2)
     await feed.sample()
+    assert outbox.reads == 1  # the baseline; the failure counter has not moved since, so no re-read
     outbox.letters.append(dead_batch(9, 40))
     metrics.tx_failures.labels(stage="deliver", code="1150").inc()  # as the outbox does once the letter is stored
     at(view, 2, 81)
     metrics.batches_accepted.labels(kind="generated").inc(4)
     await feed.sample()
     doc = await feed.dashboard()
+    assert outbox.reads == 2  # once more, when the failure counter moved
     stages = {s["stage"]: s for s in doc["poc"]["stages"]}
     assert stages[40] == {"stage": 40, "accepted": 3, "landed": 2, "dead_lettered": 0}
     assert stages[80] == {"stage": 80, "accepted": 4, "landed": 0, "dead_lettered": 1}

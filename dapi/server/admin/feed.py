@@ -158,6 +158,7 @@ class DashboardFeed:
         self._totals = _Totals()
         self._last_point: tuple[float, int | None, int] | None = None
         self._dead_letters: list[DeadLetter] = []
+        self._dead_batches = 0  # of those, PoC batches (counted when the list is read, not every sample)
         self._sampling = asyncio.Lock()  # the sampler task and page requests both sample; one at a time
         self.samples = 0
 
@@ -178,26 +179,30 @@ class DashboardFeed:
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    async def sample(self) -> None:
-        """Read the counters once: attribute their changes to the running stage and epoch, keep chart points."""
-        async with self._sampling:
-            await self._sample()
+    async def sample(self, status: Mapping[str, Any] | None = None) -> None:
+        """Read the counters once: attribute their changes to the running stage and epoch, keep chart points.
 
-    async def _sample(self) -> None:
+        ``status`` is the daemon's status document when the caller has just built it (else it is built here).
+        """
+        async with self._sampling:
+            await self._sample(self._status() if status is None else status)
+
+    async def _sample(self, status: Mapping[str, Any]) -> None:
         snapshot = self._view.snapshot
-        components = self._status().get("components", {})
+        components = status.get("components", {})
         t = self._totals
         first = self.samples == 0
         accepted = self._metrics.batches_accepted_count("generated")
-        landed = self._landed("MsgSubmitPocBatch")
-        claims_landed = self._landed("MsgClaimRewards")
+        landed = self._metrics.txs_landed_count("MsgSubmitPocBatch")
+        claims_landed = self._metrics.txs_landed_count("MsgClaimRewards")
         # The failure counter moves only after a dead letter is stored: the table is read only when it changed,
         # so sampling never competes with the outbox for its database every second.
-        dead_total = self._failures()
+        dead_total = self._metrics.tx_failures_count()
         if self._outbox is not None and dead_total != t.dead_total:
             self._dead_letters = await self._outbox.dead_letters(100_000)
+            self._dead_batches = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
             t.dead_total = dead_total
-        dead = sum(1 for d in self._dead_letters if d.type_url == POC_BATCH)
+        dead = self._dead_batches
         # The genesis epoch has no PoC stage to count batches against.
         if snapshot is not None and snapshot.latest_epoch.index > 0 and not first:
             stage = self._stages.setdefault(snapshot.latest_epoch.poc_start_block_height, _Stage())
@@ -215,13 +220,6 @@ class DashboardFeed:
         elif now - self._last_point[0] >= self.point_every:
             self._add_point(now, requests, accepted, components.get("inference"))
         self.samples += 1
-
-    def _failures(self) -> int:
-        return int(sum(sample.value for metric in self._metrics.tx_failures.collect() for sample in metric.samples
-                       if sample.name.endswith("_total")))
-
-    def _landed(self, type_name: str) -> int:
-        return int(self._metrics.txs_landed.labels(type=type_name)._value.get())
 
     def _sample_epoch(self, latest: int | None, claims_landed: int, first: bool,
                       validation: Mapping[str, Any] | None) -> None:
@@ -287,8 +285,8 @@ class DashboardFeed:
     # -- documents --------------------------------------------------------------------------------
 
     async def dashboard(self) -> dict[str, Any]:
-        await self.sample()  # so the per-stage counts agree with the totals shown beside them
         status = self._status()
+        await self.sample(status)  # so the per-stage counts agree with the totals shown beside them
         components = status.get("components", {})
         return {
             "generated_at": iso(self._clock()),
@@ -346,7 +344,7 @@ class DashboardFeed:
             "validated": self._metrics.batches_accepted_count("validated"),
             "refused": self._metrics.batches_refused_count(late=False),
             "late": self._metrics.batches_refused_count(late=True),
-            "landed": self._landed("MsgSubmitPocBatch"),
+            "landed": self._metrics.txs_landed_count("MsgSubmitPocBatch"),
             "dead_lettered": self._totals.dead,
             "stages": [{"stage": h, "accepted": s.accepted, "landed": s.landed, "dead_lettered": s.dead}
                        for h, s in sorted(self._stages.items(), reverse=True)],
